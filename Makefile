@@ -1,0 +1,39 @@
+# make demo: synthesize a licensed catalog, build tiny models, prep it, print the summary (CPU, minutes).
+# make test: the whole test suite (unit, contract, end to end). Both create .venv and install everything first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-run
+# The CPU wheel of torch 2.13.0 is on disk here; an unpinned torch would pull gigabytes of CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH_PIN)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog --tracks 12 --seconds 20 --bad-files
+	$(BIN)/mgft tiny-models $(DEMO_DIR)/models
+	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog --output $(DEMO_DIR)/shards \
+		--codec $(DEMO_DIR)/models/encodec_32khz --channels 2 --segment-seconds 10 \
+		--melody --demucs $(DEMO_DIR)/models/htdemucs --keep-audio
+	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards"
+
+test: install
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""Everything that runs at training and inference time: models, Lightning modules, generation, export, CLI."""
