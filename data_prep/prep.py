@@ -1,0 +1,439 @@
+"""`mgft prep`: a licensed catalog becomes EnCodec (+ chroma, + audio) webdataset shards.
+
+    mgft prep --input CATALOG_DIR_OR_CSV --output SHARDS --codec facebook/encodec_32khz \\
+        [--channels 2] [--segment-seconds 30] [--melody --demucs htdemucs] [--keep-audio] \\
+        [--license CC-BY-4.0] [--allowed-licenses CC0-1.0,CC-BY-4.0] [--device cuda] [--batch-size 16] \\
+        [--workers 4] [--rank R --world-size W]
+
+A track's path through prep: scan (catalog.py) -> this rank's share (by size hash) -> worker: hash, sidecar/tags,
+license, decode, validate, resample to 32 kHz, channels (audio.py) -> main process: duplicate check, segment, EnCodec
+(tokens.py), stems + chroma (stems.py, chroma.py) -> shard writer + journal (shards.py) -> merge (merge.py).
+Killed at any point and rerun with the same command, it finishes with exactly the samples of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_prep import audio as audio_io
+from data_prep.audio import RejectError
+from data_prep.catalog import Track, describe, partition, read_sidecar, scan
+from data_prep.schema import (
+    CHROMA_DTYPE,
+    SAMPLE_RATE,
+    SCHEMA_VERSION,
+    SampleInfo,
+    num_frames,
+    sample_key,
+    valid_frames,
+)
+from data_prep.shards import (
+    Journal,
+    ShardWriter,
+    atomic_write_text,
+    clean_uncommitted,
+    encode_flac,
+    journal_path,
+    read_journal,
+)
+
+CONFIG_FILE = "prep_config.json"
+_TAG_FIELDS = ("title", "artist", "genre", "license")
+
+
+@dataclass(frozen=True)
+class PrepSettings:
+    """Everything that determines the output; a rerun or another rank must use the same values."""
+
+    input: str
+    codec: str
+    channels: int
+    segment_seconds: float
+    stride_seconds: float
+    melody: bool
+    demucs: str | None
+    demucs_shifts: int
+    keep_audio: bool
+    default_license: str | None
+    allowed_licenses: list[str] | None
+    min_seconds: float
+    silence_dbfs: float
+    world_size: int
+    shard_max_samples: int
+    shard_max_mb: float
+    schema_version: int = SCHEMA_VERSION
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit flags win; otherwise a SLURM array task's index and count; otherwise a single rank."""
+    env = os.environ
+    if rank is None and "SLURM_ARRAY_TASK_ID" in env:
+        rank = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    if world_size is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        world_size = int(env["SLURM_ARRAY_TASK_COUNT"])
+    rank, world_size = rank or 0, world_size or 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"--rank {rank} must be in [0, --world-size {world_size})")
+    return rank, world_size
+
+
+def check_settings(out_dir: Path, settings: PrepSettings) -> None:
+    """Record the settings on the first run; refuse to resume or add ranks with different ones."""
+    path = out_dir / CONFIG_FILE
+    current = asdict(settings)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+        if diff:
+            lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
+            raise ValueError(f"{out_dir} was prepped with other settings ({lines}); use a new --output")
+        return
+    atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def plan_segments(num_samples: int, segment: int, stride: int) -> list[tuple[int, int]]:
+    """`(start, end)` sample windows covering the whole track; the last one may be short (its tail is kept)."""
+    starts = [0]
+    while starts[-1] + segment < num_samples:
+        starts.append(starts[-1] + stride)
+    return [(s, min(s + segment, num_samples)) for s in starts]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TrackDecoder(torch.utils.data.Dataset):
+    """Per-track CPU work, run in DataLoader workers: everything up to 32 kHz audio in the model's channel count."""
+
+    def __init__(self, tracks: list[Track], settings: PrepSettings) -> None:
+        self.tracks = tracks
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        track, s = self.tracks[index], self.settings
+        result: dict[str, Any] = {"track": track, "sha256": None}
+        try:
+            if not track.path.is_file():
+                raise RejectError("decode_error", "the file does not exist")
+            result["sha256"] = _sha256(track.path)
+            tags = {k: v for k, v in audio_io.read_tags(track.path).items() if k in _TAG_FIELDS}
+            info = describe(
+                track,
+                read_sidecar(track),
+                tags,
+                default_license=s.default_license,
+                allowed_licenses=s.allowed_licenses,
+            )
+            decoded = audio_io.decode(track.path)
+            audio_io.check_content(decoded, min_seconds=s.min_seconds, silence_dbfs=s.silence_dbfs)
+            result["source"] = {
+                "sample_rate": decoded.sample_rate,
+                "channels": decoded.channels,
+                "codec": decoded.codec,
+                "seconds": decoded.seconds,
+            }
+            prepared = audio_io.convert_channels(audio_io.resample(decoded, SAMPLE_RATE), s.channels)
+        except RejectError as e:
+            result.update(reason=e.reason, detail=e.detail)
+            return result
+        result.update(info=info, audio=prepared.samples, notes=prepared.notes)
+        return result
+
+
+@dataclass
+class PendingTrack:
+    """A decoded track whose segments wait for codes (and chroma) before it can be written."""
+
+    item: dict[str, Any]
+    windows: list[tuple[int, int]]
+    codes: list[np.ndarray | None] = field(default_factory=list)
+    chroma: list[np.ndarray | None] = field(default_factory=list)
+
+
+def _seed_for(key: str) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
+
+
+class SegmentEncoder:
+    """Turns pending tracks into codes (+ chroma): segments are padded to the segment length and batched."""
+
+    def __init__(self, settings: PrepSettings, device: str, batch_size: int) -> None:
+        from data_prep.tokens import CodecEncoder, load_codec
+
+        self.settings = settings
+        self.segment_samples = round(settings.segment_seconds * SAMPLE_RATE)
+        self.codec = CodecEncoder(load_codec(settings.codec, device), batch_size)
+        self.demucs = self.extractor = None
+        if settings.melody:
+            from data_prep.chroma import ChromaExtractor
+            from data_prep.stems import load_demucs
+
+            self.demucs = load_demucs(settings.demucs, device)
+            self.extractor = ChromaExtractor().to(device)
+
+    def padded(self, audio: np.ndarray, start: int, end: int) -> np.ndarray:
+        """`[C, segment_samples]`: the window, right-padded with zeros as audiocraft's dataset pads short crops."""
+        out = np.zeros((audio.shape[0], self.segment_samples), dtype=np.float32)
+        out[:, : end - start] = audio[:, start:end]
+        return out
+
+    def run(self, tracks: list[PendingTrack]) -> None:
+        jobs = [(t, i) for t in tracks for i in range(len(t.windows))]
+        if not jobs:
+            return
+        batch = np.stack([self.padded(t.item["audio"], *t.windows[i]) for t, i in jobs])  # [B, C, N]
+        codes = self.codec.encode(batch)  # [B, 4C, T]
+        for (t, i), c in zip(jobs, codes):
+            t.codes[i] = c
+        if self.demucs is not None:
+            from data_prep.stems import melody_chroma
+
+            for (t, i), wav in zip(jobs, batch):
+                key = sample_key(t.item["track"].key, i)
+                # One segment per call: demucs' random shift is seeded per sample, so chroma never depends on
+                # which segments share a batch (resume and rank equivalence).
+                chroma = melody_chroma(
+                    self.demucs, self.extractor, torch.from_numpy(wav)[None], seed=_seed_for(key)
+                )  # [1, F, 12]
+                t.chroma[i] = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
+
+
+def build_samples(t: PendingTrack, settings: PrepSettings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The webdataset samples of one finished track and its manifest row."""
+    from data_prep.chroma import chroma_valid_frames
+
+    item, track = t.item, t.item["track"]
+    info = item["info"]
+    n_total = num_frames(settings.segment_seconds)
+    samples, segments = [], []
+    for i, (start, end) in enumerate(t.windows):
+        key = sample_key(track.key, i)
+        meta: SampleInfo = {
+            "schema_version": SCHEMA_VERSION,
+            "key": key,
+            "track_key": track.key,
+            "segment_index": i,
+            "caption": info.caption,
+            "metadata": info.metadata,
+            "license": info.license,
+            "source_path": track.rel,
+            "source_sha256": item["sha256"],
+            "start_seconds": start / SAMPLE_RATE,
+            "end_seconds": end / SAMPLE_RATE,
+            "valid_frames": min(valid_frames(end - start), n_total),
+            "num_frames": n_total,
+            "chroma_valid_frames": chroma_valid_frames(end - start) if settings.melody else None,
+            "sample_rate": SAMPLE_RATE,
+            "channels": settings.channels,
+        }
+        sample: dict[str, Any] = {"__key__": key, "codes.npy": t.codes[i], "json": meta}
+        if settings.melody:
+            sample["chroma.npy"] = t.chroma[i]
+        if settings.keep_audio:
+            sample["audio.flac"] = encode_flac(item["audio"][:, start:end], SAMPLE_RATE)
+        samples.append(sample)
+        segments.append({"key": key, "start_seconds": start / SAMPLE_RATE, "end_seconds": end / SAMPLE_RATE})
+    # With a stride shorter than the segment, windows overlap; count each second of the track once.
+    kept = sum(min(end, t.windows[i + 1][0] if i + 1 < len(t.windows) else end) - start
+               for i, (start, end) in enumerate(t.windows))
+    row = {
+        "path": track.rel,
+        "key": track.key,
+        "sha256": item["sha256"],
+        "size_bytes": track.size,
+        "source": item["source"],
+        "seconds": item["audio"].shape[1] / SAMPLE_RATE,
+        "kept_seconds": kept / SAMPLE_RATE,
+        "license": info.license,
+        "caption": info.caption,
+        "metadata": info.metadata,
+        "metadata_sources": info.metadata_sources,
+        "notes": item["notes"],
+        "segments": segments,
+    }
+    return samples, row
+
+
+def _reject_row(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    track: Track = item["track"]
+    return {"path": track.rel, "reason": reason, "detail": detail, "sha256": item.get("sha256"), "size": track.size}
+
+
+def prep(
+    *,
+    input: str,
+    output: str,
+    codec: str,
+    channels: int = 2,
+    segment_seconds: float = 30.0,
+    stride_seconds: float | None = None,
+    melody: bool = False,
+    demucs: str | None = None,
+    demucs_shifts: int = 1,
+    keep_audio: bool = False,
+    license: str | None = None,
+    allowed_licenses: str | None = None,
+    min_seconds: float = 1.0,
+    silence_dbfs: float = -80.0,
+    device: str = "cpu",
+    batch_size: int = 8,
+    workers: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shard_max_samples: int = 1000,
+    shard_max_mb: float = 1024.0,
+) -> dict[str, Any]:
+    """Turn a licensed catalog into webdataset shards of EnCodec codes, with chroma and audio on request.
+
+    Args:
+        input: A folder tree of audio files (with optional sidecar .json), or a .csv/.jsonl catalog with a `path`
+            column (relative paths are relative to the catalog file).
+        output: Output folder for shards, manifest.jsonl, rejects.jsonl and stats.json. Rerunning into it resumes.
+        codec: EnCodec 32 kHz as a hub id (facebook/encodec_32khz) or a local transformers directory.
+        channels: 1 for mono MusicGen models (channel mean), 2 for stereo ones (interleaved codebooks).
+        segment_seconds: Segment length; T = 50 x segment_seconds frames. Shorter tracks and tails are zero-padded
+            and keep their valid frame count.
+        stride_seconds: Hop between segment starts (default: segment_seconds, no overlap).
+        melody: Also store the chroma of the vocals + other stems of every segment (needs --demucs).
+        demucs: HTDemucs as a demucs model name (htdemucs) or a local folder holding NAME.yaml and its .th files.
+        demucs_shifts: demucs random-shift passes (audiocraft uses 1); the shift is seeded per sample.
+        keep_audio: Store each 32 kHz segment as audio.flac (multi-band diffusion training needs it).
+        license: License for tracks whose sidecar, catalog row and tags name none.
+        allowed_licenses: Comma-separated licenses to accept; anything else is rejected.
+        min_seconds: Tracks shorter than this are rejected.
+        silence_dbfs: Tracks whose peak is at or below this level are rejected as silent.
+        device: Where EnCodec and demucs run (cpu, cuda, cuda:1, ...).
+        batch_size: Segments per EnCodec batch (per channel).
+        workers: DataLoader worker processes for decoding and resampling (0: in the main process).
+        rank: This task's index among world_size (default: SLURM_ARRAY_TASK_ID, else 0).
+        world_size: Number of tasks splitting the catalog (default: SLURM_ARRAY_TASK_COUNT, else 1).
+        shard_max_samples: Close a shard once it holds this many samples (tracks are never split).
+        shard_max_mb: Close a shard once it holds this many megabytes.
+
+    Returns:
+        The merged stats when this call produced them (one rank, or the last of several to finish), else this
+        rank's counts.
+    """
+    from data_prep.merge import format_summary, merge_if_complete
+
+    if channels not in (1, 2):
+        raise ValueError(f"--channels must be 1 or 2, got {channels}")
+    if segment_seconds <= 0:
+        raise ValueError(f"--segment-seconds must be positive, got {segment_seconds}")
+    stride = segment_seconds if stride_seconds is None else stride_seconds
+    if not 0 < stride <= segment_seconds:
+        raise ValueError(f"--stride-seconds must be in (0, --segment-seconds], got {stride}")
+    if melody and not demucs:
+        raise ValueError("--melody needs --demucs (a model name such as htdemucs, or a local folder)")
+    input_path = Path(input).resolve()
+    if not input_path.exists():
+        raise ValueError(f"--input {input} does not exist")
+    rank, world_size = resolve_rank(rank, world_size)
+    settings = PrepSettings(
+        input=str(input_path),
+        codec=codec,
+        channels=channels,
+        segment_seconds=float(segment_seconds),
+        stride_seconds=float(stride),
+        melody=melody,
+        demucs=demucs if melody else None,
+        demucs_shifts=demucs_shifts,
+        keep_audio=keep_audio,
+        default_license=license,
+        allowed_licenses=[x.strip() for x in allowed_licenses.split(",") if x.strip()] if allowed_licenses else None,
+        min_seconds=float(min_seconds),
+        silence_dbfs=float(silence_dbfs),
+        world_size=world_size,
+        shard_max_samples=shard_max_samples,
+        shard_max_mb=float(shard_max_mb),
+    )
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(out_dir, settings)
+
+    tracks = partition(scan(input_path), rank, world_size)
+    jpath = journal_path(out_dir, rank)
+    state = read_journal(jpath, repair=True)
+    clean_uncommitted(out_dir, rank, state)
+    done = state.done
+    todo = [t for t in tracks if t.rel not in done]
+    (out_dir / f"done.r{rank:04d}").unlink(missing_ok=True)
+
+    counts = _run(todo, settings, out_dir, rank, state, device, batch_size, workers, len(tracks))
+    (out_dir / f"done.r{rank:04d}").write_text(json.dumps(counts))
+    stats = merge_if_complete(out_dir)
+    if stats is not None:
+        print(format_summary(stats))
+        return stats
+    print(f"rank {rank}/{world_size}: {counts}; merge runs when every rank is done (or: mgft prep-merge {output})")
+    return counts
+
+
+def _run(
+    todo: list[Track],
+    settings: PrepSettings,
+    out_dir: Path,
+    rank: int,
+    state: Any,
+    device: str,
+    batch_size: int,
+    workers: int,
+    total: int,
+) -> dict[str, int]:
+    journal = Journal(journal_path(out_dir, rank))
+    writer = ShardWriter(
+        out_dir, rank, journal, len(state.shards), settings.shard_max_samples, int(settings.shard_max_mb * 2**20)
+    )
+    encoder = SegmentEncoder(settings, device, batch_size)
+    seen = state.seen_hashes
+    segment = round(settings.segment_seconds * SAMPLE_RATE)
+    stride = round(settings.stride_seconds * SAMPLE_RATE)
+    counts = {"tracks": total, "resumed_done": total - len(todo), "kept": 0, "rejected": 0, "segments": 0}
+    pending: list[PendingTrack] = []
+
+    def flush() -> None:
+        encoder.run(pending)
+        for t in pending:
+            samples, row = build_samples(t, settings)
+            writer.add_track(samples, row)
+            counts["segments"] += len(samples)
+        pending.clear()
+
+    loader = torch.utils.data.DataLoader(
+        TrackDecoder(todo, settings), batch_size=None, num_workers=workers, collate_fn=lambda x: x
+    )
+    bar = tqdm(loader, total=len(todo), desc=f"prep r{rank}", unit="track", dynamic_ncols=True)
+    for item in bar:
+        if "reason" not in item and item["sha256"] in seen:
+            item.update(reason="duplicate", detail=f"same bytes as {seen[item['sha256']]}")
+        if "reason" in item:
+            journal.reject(_reject_row(item, item["reason"], item["detail"]))
+            counts["rejected"] += 1
+        else:
+            seen[item["sha256"]] = item["track"].rel
+            windows = plan_segments(item["audio"].shape[1], segment, stride)
+            pending.append(PendingTrack(item, windows, [None] * len(windows), [None] * len(windows)))
+            counts["kept"] += 1
+            if sum(len(t.windows) for t in pending) * settings.channels >= batch_size:
+                flush()
+        bar.set_postfix(kept=counts["kept"], rejected=counts["rejected"], segments=counts["segments"])
+    flush()
+    writer.close()
+    return counts

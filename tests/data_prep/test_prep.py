@@ -1,0 +1,293 @@
+"""End to end: `mgft prep` on a synthesized catalog with every kind of bad input, odd names, ranks and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from data_prep import audio as audio_io
+from data_prep.merge import prep_merge
+from data_prep.prep import plan_segments, prep
+from data_prep.schema import SAMPLE_RATE, deinterleave_stereo, num_frames, sample_key, sanitize_key, valid_frames
+from tests.data_prep.shard_reader import read_jsonl, read_samples
+
+SEGMENT = 4.0
+
+
+def _prep_args(catalog: Path, out: Path, models: Path, **extra) -> dict:
+    args = dict(
+        input=str(catalog),
+        output=str(out),
+        codec=str(models / "encodec_32khz"),
+        channels=2,
+        segment_seconds=SEGMENT,
+        batch_size=4,
+        shard_max_samples=5,
+    )
+    args.update(extra)
+    return args
+
+
+def _cli(args: dict) -> list[str]:
+    out = [sys.executable, "-m", "finetune", "prep"]
+    for k, v in args.items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, str(v)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepped(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
+    """One melody + audio prep of the catalog shared by the read-only tests below."""
+    out = tmp_path_factory.mktemp("prepped")
+    args = _prep_args(synth_catalog_dir, out, tiny_models_dir, melody=True, keep_audio=True)
+    args["demucs"] = str(tiny_models_dir / "htdemucs")
+    prep(**args)
+    return out
+
+
+def test_every_input_is_kept_or_rejected_with_its_reason(prepped: Path, synth_catalog_dir: Path) -> None:
+    manifest = read_jsonl(prepped / "manifest.jsonl")
+    rejects = read_jsonl(prepped / "rejects.jsonl")
+    audio_files = {p.relative_to(synth_catalog_dir).as_posix() for p in synth_catalog_dir.rglob("*")
+                   if p.suffix in (".wav", ".flac", ".ogg", ".mp3")}
+    kept, refused = {r["path"] for r in manifest}, {r["path"] for r in rejects}
+    assert kept.isdisjoint(refused)
+    assert kept | refused == audio_files
+    reasons = {Path(r["path"]).name: r["reason"] for r in rejects}
+    assert reasons["empty.wav"] == "empty_file"
+    assert reasons["truncated.wav"] == "truncated"
+    assert reasons["not-audio.mp3"] == "not_audio"
+    assert reasons["nan.wav"] == "non_finite"
+    assert reasons["silence.flac"] == "silent"
+    assert reasons["too-short.wav"] == "too_short"
+    assert reasons["no-license.wav"] == "no_license"
+    assert "duplicate" in reasons.values()
+    dup = next(r for r in rejects if r["reason"] == "duplicate")
+    original = next(r for r in manifest if r["sha256"] == dup["sha256"])
+    assert original["path"] < dup["path"], "the first copy in catalog order is the one kept"
+
+    stats = json.loads((prepped / "stats.json").read_text())
+    assert stats["tracks_in"] == len(audio_files)
+    assert stats["rejects_by_reason"]["duplicate"] == 1
+    assert set(stats["by_license"]) == {"CC0-1.0"}
+    assert stats["segments"] == sum(len(r["segments"]) for r in manifest) == len(read_samples(prepped))
+
+
+def test_samples_carry_codes_chroma_audio_and_metadata(prepped: Path) -> None:
+    samples = read_samples(prepped)
+    manifest = {r["path"]: r for r in read_jsonl(prepped / "manifest.jsonl")}
+    t = num_frames(SEGMENT)
+    for key, s in samples.items():
+        info = s["info"]
+        assert "." not in key and "/" not in key
+        assert s["codes"].dtype == np.int16 and s["codes"].shape == (8, t)
+        assert 0 <= s["codes"].min() and s["codes"].max() < 2048
+        assert s["chroma"].shape == (1 + int(SEGMENT * SAMPLE_RATE) // 4096, 12)
+        np.testing.assert_array_equal(s["chroma"].sum(-1), 1.0)  # one-hot per frame
+        assert s["audio_rate"] == SAMPLE_RATE and s["audio"].shape[1] == 2
+        n_valid = round((info["end_seconds"] - info["start_seconds"]) * SAMPLE_RATE)
+        assert s["audio"].shape[0] == n_valid
+        assert info["valid_frames"] == valid_frames(n_valid)
+        assert info["license"] == "CC0-1.0"
+        row = manifest[info["source_path"]]
+        assert info["source_sha256"] == row["sha256"] and info["caption"] == row["caption"]
+    with_sidecar = [r for r in manifest.values() if "sidecar" in r["metadata_sources"] and r["caption"]]
+    assert with_sidecar and all(r["metadata"]["bpm"] for r in with_sidecar)
+    tagged = [r for r in manifest.values() if "tags" in r["metadata_sources"]]
+    assert tagged and all(r["metadata"]["title"] and r["metadata"]["artist"] for r in tagged)
+
+
+def test_kept_durations_sum_to_each_tracks_decoded_duration(prepped: Path, synth_catalog_dir: Path) -> None:
+    for row in read_jsonl(prepped / "manifest.jsonl"):
+        decoded = audio_io.decode(synth_catalog_dir / row["path"])
+        summed = sum(s["end_seconds"] - s["start_seconds"] for s in row["segments"])
+        assert abs(summed - decoded.seconds) <= 1 / 50, row["path"]
+        assert abs(row["kept_seconds"] - decoded.seconds) <= 1 / 50
+
+
+def test_codes_equal_encodec_encode_of_the_same_segment(prepped: Path, synth_catalog_dir: Path,
+                                                        tiny_models_dir: Path) -> None:
+    from transformers import EncodecModel
+
+    model = EncodecModel.from_pretrained(tiny_models_dir / "encodec_32khz").eval()
+    samples = read_samples(prepped)
+    manifest = read_jsonl(prepped / "manifest.jsonl")
+    mono_row = next(r for r in manifest if r["source"]["channels"] == 1)
+    stereo_row = next(r for r in manifest if r["source"]["channels"] == 2 and len(r["segments"]) > 1)
+    seg = int(SEGMENT * SAMPLE_RATE)
+    for row in (mono_row, stereo_row):
+        decoded = audio_io.decode(synth_catalog_dir / row["path"])
+        audio = audio_io.convert_channels(audio_io.resample(decoded, SAMPLE_RATE), 2).samples
+        for i, segment in enumerate(row["segments"]):
+            start = round(segment["start_seconds"] * SAMPLE_RATE)
+            window = np.zeros((2, seg), dtype=np.float32)
+            chunk = audio[:, start : start + seg]
+            window[:, : chunk.shape[1]] = chunk
+            with torch.no_grad():
+                per_channel = [
+                    model.encode(torch.from_numpy(window[c])[None, None], bandwidth=2.2).audio_codes[0, 0].numpy()
+                    for c in range(2)
+                ]
+            left, right = deinterleave_stereo(samples[sample_key(row["key"], i)]["codes"])
+            np.testing.assert_array_equal(left, per_channel[0])
+            np.testing.assert_array_equal(right, per_channel[1])
+
+
+def test_short_tracks_and_tails_are_kept_with_valid_frames(tmp_path: Path, tiny_models_dir: Path) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    rng = np.random.default_rng(0)
+    lengths = {"short.wav": 2.5, "long.flac": 9.3, "exact.wav": 8.0}
+    for name, seconds in lengths.items():
+        sf.write(catalog / name, rng.uniform(-0.5, 0.5, (int(seconds * 48000), 2)).astype(np.float32), 48000)
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, channels=1, license="CC-BY-4.0"))
+    rows = {r["path"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    samples = read_samples(out)
+    expected_windows = {"short.wav": [2.5], "long.flac": [4.0, 4.0, 1.3], "exact.wav": [4.0, 4.0]}
+    for name, durations in expected_windows.items():
+        segs = rows[name]["segments"]
+        assert [round(s["end_seconds"] - s["start_seconds"], 3) for s in segs] == durations
+        for i, d in enumerate(durations):
+            s = samples[sample_key(rows[name]["key"], i)]
+            assert s["codes"].shape == (4, num_frames(SEGMENT))
+            assert s["info"]["valid_frames"] == valid_frames(round(d * SAMPLE_RATE))
+    assert json.loads((out / "stats.json").read_text())["by_license"]["CC-BY-4.0"]["tracks"] == 3
+
+
+def test_plan_segments_with_overlap_covers_the_track() -> None:
+    assert plan_segments(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert plan_segments(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert plan_segments(3, 4, 4) == [(0, 3)]
+
+
+def test_licenses_filter_and_default(tmp_path: Path, tiny_models_dir: Path) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    tone = (0.3 * np.sin(np.arange(48000 * 2) * 2 * np.pi * 440 / 48000)).astype(np.float32)
+    for name, lic in [("a.wav", "CC0-1.0"), ("b.wav", "All-Rights-Reserved"), ("c.wav", None), ("d.wav", "bad")]:
+        sf.write(catalog / name, tone * (1 + ord(name[0]) / 100), 48000)
+        if lic == "bad":
+            (catalog / "d.json").write_text("{not json")
+        elif lic:
+            (catalog / name).with_suffix(".json").write_text(json.dumps({"license": lic, "description": name}))
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, license="CC-BY-4.0", allowed_licenses="CC0-1.0,CC-BY-4.0"))
+    rejects = {r["path"]: r["reason"] for r in read_jsonl(out / "rejects.jsonl")}
+    kept = {r["path"]: r["license"] for r in read_jsonl(out / "manifest.jsonl")}
+    assert kept == {"a.wav": "CC0-1.0", "c.wav": "CC-BY-4.0"}
+    assert rejects == {"b.wav": "license_not_allowed", "d.wav": "bad_sidecar"}
+
+
+def test_channel_conversion_notes(tmp_path: Path, tiny_models_dir: Path) -> None:
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    rng = np.random.default_rng(1)
+    sf.write(catalog / "surround.wav", rng.uniform(-0.3, 0.3, (44100 * 2, 6)).astype(np.float32), 44100)
+    sf.write(catalog / "mono.flac", rng.uniform(-0.3, 0.3, (44100 * 2,)).astype(np.float32), 44100)
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, license="CC0-1.0"))
+    notes = {r["path"]: r["notes"] for r in read_jsonl(out / "manifest.jsonl")}
+    assert any("downmixed 6 -> 2" in n for n in notes["surround.wav"])
+    assert any("mono duplicated" in n for n in notes["mono.flac"])
+    for s in read_samples(out).values():
+        left, right = deinterleave_stereo(s["codes"])
+        if s["info"]["source_path"] == "mono.flac":
+            np.testing.assert_array_equal(left, right)
+
+
+def test_odd_file_names_get_safe_unique_keys(tmp_path: Path, tiny_models_dir: Path) -> None:
+    catalog = tmp_path / "catalog"
+    names = ["a b.c.wav", "a_b_c.wav", "ünïcödé/Café del Mar.v2 – take 1.wav", "dir.with.dots/x.wav", "日本語.wav"]
+    rng = np.random.default_rng(2)
+    for name in names:
+        (catalog / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(catalog / name, rng.uniform(-0.3, 0.3, (32000 * 2,)).astype(np.float32), 32000)
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, license="CC0-1.0"))
+    samples = read_samples(out)
+    assert sorted(s["info"]["source_path"] for s in samples.values()) == sorted(names)
+    for key in samples:
+        assert all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in key), key
+    assert sanitize_key("a b.c.wav") != sanitize_key("a_b_c.wav")
+
+
+def _comparable(out: Path) -> dict:
+    """Everything a consumer sees, minus tar member timestamps."""
+    samples = read_samples(out)
+    return {
+        "samples": {k: (s["codes"].tobytes(), s["info"], s.get("chroma", np.zeros(0)).tobytes()) for k, s in
+                    samples.items()},
+        "manifest": [{k: v for k, v in r.items() if k != "shard"} for r in read_jsonl(out / "manifest.jsonl")],
+        "rejects": read_jsonl(out / "rejects.jsonl"),
+    }
+
+
+def test_two_ranks_are_disjoint_and_their_union_equals_one_rank(tmp_path: Path, synth_catalog_dir: Path,
+                                                                 tiny_models_dir: Path) -> None:
+    one = tmp_path / "one"
+    prep(**_prep_args(synth_catalog_dir, one, tiny_models_dir))
+    two = tmp_path / "two"
+    prep(**_prep_args(synth_catalog_dir, two, tiny_models_dir, rank=1, world_size=2))
+    assert not (two / "manifest.jsonl").exists(), "merge waits for every rank"
+    with pytest.raises(RuntimeError, match="have not finished"):
+        prep_merge(str(two))
+    prep(**_prep_args(synth_catalog_dir, two, tiny_models_dir, rank=0, world_size=2))  # last rank merges
+    per_rank = [{r["path"] for r in read_jsonl(two / f"journal.r{r:04d}.jsonl") if r["type"] == "shard"
+                 for r in r["tracks"]} for r in range(2)]
+    assert per_rank[0] and per_rank[1] and per_rank[0].isdisjoint(per_rank[1])
+    assert _comparable(one) == _comparable(two)
+    assert json.loads((two / "stats.json").read_text())["tracks_in"] == json.loads(
+        (one / "stats.json").read_text())["tracks_in"]
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path: Path, synth_catalog_dir: Path, tiny_models_dir: Path) -> None:
+    out = tmp_path / "out"
+    prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
+    with pytest.raises(ValueError, match="channels"):
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, channels=1))
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_catalog_dir: Path,
+                                                       tiny_models_dir: Path) -> None:
+    reference = tmp_path / "reference"
+    args = _prep_args(synth_catalog_dir, reference, tiny_models_dir, shard_max_samples=2)
+    prep(**args)
+
+    out = tmp_path / "killed"
+    args["output"] = str(out)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for attempt in range(2):
+        # Kill twice, each time right after one more shard is committed, so the rerun resumes a resumed run.
+        proc = subprocess.Popen(_cli(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        journal = out / "journal.r0000.jsonl"
+        deadline = time.time() + 120
+        target = attempt + 1
+        while time.time() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_text().count('"type": "shard"') >= target:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "prep finished before it could be killed; make the catalog bigger"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "manifest.jsonl").exists()
+    finished = subprocess.run(_cli(args), env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert not list(out.glob("*.tmp"))
+    assert _comparable(out) == _comparable(reference)
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == sorted(p.name for p in reference.glob("shard-*.tar"))
+    shutil.rmtree(out)
