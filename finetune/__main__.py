@@ -12,6 +12,7 @@ mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` sta
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,29 @@ def _load(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def normalize_flags(fn: Callable[..., Any], args: list[str]) -> list[str]:
+    """Accept the documented flag style: `--keep-audio` for `keep_audio`, and bare boolean switches.
+
+    jsonargparse names flags after the parameters (`--keep_audio`) and wants booleans spelled `--keep_audio true`;
+    this rewrites `--kebab-case` to the parameter's name and gives a boolean flag with no value an explicit `true`.
+    """
+    params = inspect.signature(fn).parameters
+    bools = {name for name, p in params.items() if p.annotation in (bool, "bool")}
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" not in arg:
+            name = arg[2:].replace("-", "_")
+            if name in params:
+                arg = "--" + name
+            out.append(arg)
+            following = args[i + 1] if i + 1 < len(args) else None
+            if name in bools and (following is None or following.lower() not in ("true", "false")):
+                out.append("true")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Dispatch `mgft <command> ...` to the command's function."""
     from jsonargparse import CLI
@@ -36,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in COMMANDS:
         # Only the chosen command's module is imported (torch, transformers and demucs are slow to import).
-        CLI({args[0]: _load(COMMANDS[args[0]])}, args=args, as_positional=True)
+        fn = _load(COMMANDS[args[0]])
+        CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
         return
     # `mgft`, `mgft -h` or an unknown command: build the full parser so help and errors list every command.
     CLI({name: _load(target) for name, target in COMMANDS.items()}, args=args)

@@ -1,0 +1,105 @@
+"""Prep speed: real-time factors of the real-size EnCodec 32 kHz and HTDemucs (random weights) on this machine.
+
+    python bench/prep.py [--seconds 10] [--segments 8] [--batch-size 8] [--device cpu] [--stems-segments 2]
+
+Prints, for EnCodec, one segment at a time against the fixed-shape batched path `mgft prep` uses, split into the
+SEANet encoder (convs + LSTM) and the residual quantizer; and for melody prep, the HTDemucs stems (resample to
+44.1 kHz, separation, back to 32 kHz) and the chroma. RTF here = seconds of audio processed per wall-clock second
+(higher is faster). Random weights cost the same FLOPs as trained ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    fn()  # warm-up: allocator, oneDNN primitive caches
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -> None:
+    from transformers import EncodecModel
+
+    from data_prep.tokens import CodecEncoder
+    from finetune.models.tiny import encodec_config
+
+    model = EncodecModel(encodec_config("real")).to(device).eval().requires_grad_(False)
+    params = sum(p.numel() for p in model.parameters())
+    n = int(seconds * 32000)
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (segments, 1, n)).astype(np.float32)
+    total_audio = seconds * segments
+    x1 = torch.from_numpy(audio[:1]).to(device)
+
+    with torch.no_grad():
+        single = _timed(lambda: [model.encode(torch.from_numpy(a[None]).to(device), bandwidth=2.2)
+                                 for a in audio])
+        encoder = CodecEncoder(model, batch_size=batch_size)
+        batched = _timed(lambda: encoder.encode(audio))
+        t_enc = _timed(lambda: model.encoder(x1), repeat=2)
+        emb = model.encoder(x1)
+        t_q = _timed(lambda: model.quantizer.encode(emb, 2.2), repeat=2)
+    print(f"EnCodec 32 kHz real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  one segment at a time : {single:7.2f} s  -> {total_audio / single:6.2f} x real time")
+    print(f"  batched (B={batch_size:<3d})       : {batched:7.2f} s  -> {total_audio / batched:6.2f} x real time"
+          f"  (speed-up {single / batched:.2f}x)")
+    print(f"  one {seconds:g} s segment: SEANet encoder {t_enc * 1e3:7.1f} ms, RVQ {t_q * 1e3:6.1f} ms "
+          f"({100 * t_enc / (t_enc + t_q):.0f}% in the encoder)")
+
+
+def bench_stems(seconds: float, segments: int, device: str) -> None:
+    import julius
+    from demucs.apply import apply_model
+    from demucs.htdemucs import HTDemucs
+
+    from data_prep.chroma import ChromaExtractor
+    from data_prep.stems import melody_stems
+    from finetune.models.tiny import htdemucs_kwargs
+
+    model = HTDemucs(**htdemucs_kwargs("real")).to(device).eval()
+    params = sum(p.numel() for p in model.parameters())
+    extractor = ChromaExtractor().to(device)
+    n = int(seconds * 32000)
+    wav = torch.from_numpy(np.random.default_rng(1).uniform(-0.5, 0.5, (segments, 2, n)).astype(np.float32))
+    wav = wav.to(device)
+    total_audio = seconds * segments
+
+    with torch.no_grad():
+        t_stems = _timed(lambda: [melody_stems(model, w[None], seed=0) for w in wav])
+        up = julius.resample_frac(wav[:1], 32000, 44100)
+        t_up = _timed(lambda: julius.resample_frac(wav[:1], 32000, 44100), repeat=3)
+        t_sep = _timed(lambda: apply_model(model, up, shifts=1, split=True, overlap=0.25, device=device))
+        mono = wav[:, 0]
+        t_chroma = _timed(lambda: extractor(mono), repeat=3)
+    print(f"HTDemucs real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s stereo, device {device}")
+    print(f"  stems (vocals+other)  : {t_stems:7.2f} s  -> {total_audio / t_stems:6.2f} x real time")
+    print(f"  one segment: resample 32k->44.1k {t_up * 1e3:6.1f} ms, separation {t_sep * 1e3:8.1f} ms "
+          f"(shifts 1, overlap 0.25)")
+    print(f"  chroma ({segments} segments)  : {t_chroma * 1e3:7.1f} ms -> {total_audio / t_chroma:8.1f} x real time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="segment length")
+    parser.add_argument("--segments", type=int, default=8, help="EnCodec segments")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--stems-segments", type=int, default=2, help="HTDemucs segments (slow on CPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-stems", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bench_encodec(args.seconds, args.segments, args.batch_size, args.device)
+    if not args.skip_stems:
+        bench_stems(args.seconds, args.stems_segments, args.device)
+
+
+if __name__ == "__main__":
+    main()
