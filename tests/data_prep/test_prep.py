@@ -291,3 +291,44 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_cat
     assert _comparable(out) == _comparable(reference)
     assert sorted(p.name for p in out.glob("shard-*.tar")) == sorted(p.name for p in reference.glob("shard-*.tar"))
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_catalog_file_input_with_metadata_columns(tmp_path: Path, tiny_models_dir: Path, fmt: str) -> None:
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(3):
+        sf.write(audio_dir / f"t{i}.wav", rng.uniform(-0.3, 0.3, (44100 * 2, 2)).astype(np.float32), 44100)
+        rows.append({"path": f"audio/t{i}.wav", "description": f"track {i}", "genre": "Jazz", "bpm": "96",
+                     "license": "CC-BY-4.0" if i else ""})
+    catalog = tmp_path / f"catalog.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with open(catalog, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, workers=2))
+    manifest = {r["path"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    assert set(manifest) == {"audio/t1.wav", "audio/t2.wav"}
+    assert manifest["audio/t1.wav"]["caption"] == "track 1"
+    assert manifest["audio/t1.wav"]["metadata"]["genre"] == "jazz" and manifest["audio/t1.wav"]["metadata"]["bpm"] == 96
+    assert [r["reason"] for r in read_jsonl(out / "rejects.jsonl")] == ["no_license"]
+
+
+def test_rank_defaults_come_from_slurm_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_prep.prep import resolve_rank
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert resolve_rank(None, None) == (2, 4)
+    assert resolve_rank(0, 1) == (0, 1)
+    with pytest.raises(ValueError):
+        resolve_rank(4, 4)

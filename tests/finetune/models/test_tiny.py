@@ -45,8 +45,8 @@ def test_layout_matches_the_hub(models_dir: Path) -> None:
     files = {name: sorted(p.name for p in (models_dir / name).iterdir()) for name in ALL_NAMES}
     assert files["encodec_32khz"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
     for name in MUSICGEN_NAMES:
-        expected = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
-        assert expected <= set(files[name]), name
+        expected = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"}
+        assert expected | {"tokenizer_config.json"} <= set(files[name]), name
         # Text models carry a MusicgenProcessor; melody ones cannot (its feature extractor needs torchaudio).
         assert ("processor_config.json" in files[name]) == ("melody" not in name)
     [th] = [f for f in files["htdemucs"] if f.endswith(".th")]
