@@ -1,6 +1,4 @@
-"""`mgft tiny-models OUT [--size tiny|real] [--only+ NAME ...] [--seed 0]`: random-init models in the hub's formats.
-
-`--only` is a list (jsonargparse): repeat `--only+ NAME`, or give `--only '[encodec_32khz, htdemucs]'`.
+"""`mgft tiny-models OUT [--size tiny|real] [--only NAME,NAME] [--seed 0]`: random-init models in the hub's formats.
 
 Writes EnCodec 32 kHz, htdemucs and the four MusicGen checkpoints (small, stereo-small, melody, stereo-melody) with
 random weights but in exactly the on-disk layout the real checkpoints use, so tests and the demo drive the real
@@ -8,13 +6,14 @@ loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without a
 
     OUT/encodec_32khz/            config.json, model.safetensors, preprocessor_config.json
     OUT/htdemucs/                 htdemucs.yaml (`models: ['<sig>']`), <sig>-<sha256[:8]>.th
-    OUT/musicgen-small/           config.json, generation_config.json, model.safetensors, tokenizer files,
-                                  preprocessor_config.json + processor_config.json (MusicgenProcessor)
+    OUT/musicgen-small/           config.json, generation_config.json, model.safetensors, tokenizer.json,
+                                  tokenizer_config.json, processor_config.json (MusicgenProcessor; transformers v5
+                                  nests the EnCodec feature extractor there instead of preprocessor_config.json)
     OUT/musicgen-stereo-small/    same as musicgen-small, decoder with 8 codebooks and audio_channels=2
     OUT/musicgen-melody/          config.json, generation_config.json, model.safetensors, tokenizer files
     OUT/musicgen-stereo-melody/   same as musicgen-melody, decoder with 8 codebooks and audio_channels=2
 
-`--size tiny` (default) gives models small enough for CPU tests (well under a million parameters each);
+`--size tiny` (default) gives models small enough for CPU tests (0.1M to 1.3M parameters each);
 `--size real` gives the real architectures (GBs on disk; use `--only`).
 """
 
@@ -38,6 +37,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import (
         EncodecConfig,
+        EncodecFeatureExtractor,
+        GenerationConfig,
         MusicgenConfig,
         MusicgenMelodyConfig,
         PreTrainedModel,
@@ -227,7 +228,7 @@ def encodec_config(size: Size = "tiny") -> EncodecConfig:
     return EncodecConfig(**_ENCODEC_FORMAT, **(_ENCODEC_REAL if size == "real" else _ENCODEC_TINY))
 
 
-def encodec_feature_extractor() -> Any:
+def encodec_feature_extractor() -> EncodecFeatureExtractor:
     """The `EncodecFeatureExtractor` saved beside `facebook/encodec_32khz` (and inside each MusicGen processor).
 
     Returns:
@@ -494,7 +495,7 @@ def musicgen_config(name: str = "musicgen-small", size: Size = "tiny") -> Musicg
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
-def musicgen_generation_config() -> Any:
+def musicgen_generation_config() -> GenerationConfig:
     """The `generation_config.json` of the hub MusicGen checkpoints (written by transformers' conversion scripts).
 
     Returns:
@@ -566,8 +567,9 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
     """Write a random-init MusicGen checkpoint in the hub layout.
 
     Files: `config.json`, `model.safetensors`, `generation_config.json`, the tokenizer (`tokenizer.json`,
-    `tokenizer_config.json`) and, for the text models, the `MusicgenProcessor` (`preprocessor_config.json` with the
-    EnCodec feature extractor). Melody checkpoints get no processor: `MusicgenMelodyFeatureExtractor` needs torchaudio.
+    `tokenizer_config.json`) and, for the text models, the `MusicgenProcessor` (`processor_config.json`, which holds
+    the EnCodec feature extractor). Melody checkpoints get no processor: `MusicgenMelodyFeatureExtractor` needs
+    torchaudio.
 
     Args:
         out_dir: directory to write (created if missing).
@@ -611,7 +613,7 @@ def tiny_models(
     out: str,
     *,
     size: Literal["tiny", "real"] = "tiny",
-    only: list[str] | None = None,
+    only: str | list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, str]:
     """Write random-init EnCodec, htdemucs and MusicGen checkpoints in their hub formats under OUT.
@@ -619,8 +621,8 @@ def tiny_models(
     Args:
         out: output directory; each model goes to `out/<name>`.
         size: "tiny" (CPU-test sized) or "real" (the real architectures; several GB, combine with `only`).
-        only: names to write (default all): encodec_32khz, htdemucs, musicgen-small, musicgen-stereo-small,
-            musicgen-melody, musicgen-stereo-melody.
+        only: names to write, comma-separated (default all): encodec_32khz, htdemucs, musicgen-small,
+            musicgen-stereo-small, musicgen-melody, musicgen-stereo-melody.
         seed: torch seed, reset before each model so any subset gives the same weights.
 
     Returns:
@@ -629,6 +631,8 @@ def tiny_models(
     Raises:
         ValueError: for an unknown name in `only`.
     """
+    if isinstance(only, str):
+        only = [name.strip() for name in only.split(",") if name.strip()]
     names = list(ALL_NAMES) if not only else list(dict.fromkeys(only))
     unknown = [n for n in names if n not in ALL_NAMES]
     if unknown:

@@ -175,8 +175,8 @@ def test_only_and_determinism(models_dir: Path, tmp_path: Path) -> None:
 def test_cli_dispatch(tmp_path: Path) -> None:
     from finetune.__main__ import main
 
-    main(["tiny-models", str(tmp_path), "--only+", "encodec_32khz", "--seed", "1"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["encodec_32khz"]
+    main(["tiny-models", str(tmp_path), "--only", "encodec_32khz,htdemucs", "--seed", "1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encodec_32khz", "htdemucs"]
 
 
 def test_real_configs_have_the_hub_dims() -> None:
