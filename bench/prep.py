@@ -17,12 +17,34 @@ import numpy as np
 import torch
 
 
-def _timed(fn, repeat: int = 1) -> float:
+def _timed(fn, repeat: int = 3) -> float:
+    """Best of `repeat` timed runs after one warm-up: the least disturbed measurement on a shared machine."""
     fn()  # warm-up: allocator, oneDNN primitive caches
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeat):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeat
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_by_layer_type(module: torch.nn.Module, run) -> dict[str, float]:
+    """Seconds spent in each direct child's class (e.g. EncodecConv1d vs EncodecLSTM) during one `run()`."""
+    totals: dict[str, float] = {}
+    starts: dict[int, float] = {}
+    handles = []
+    for child in module.children():
+        name = type(child).__name__
+        handles.append(child.register_forward_pre_hook(lambda m, a: starts.__setitem__(id(m), time.perf_counter())))
+        handles.append(child.register_forward_hook(
+            lambda m, a, o, name=name: totals.__setitem__(name, totals.get(name, 0.0)
+                                                          + time.perf_counter() - starts[id(m)])))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return totals
 
 
 def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -> None:
@@ -43,9 +65,11 @@ def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -
                                  for a in audio])
         encoder = CodecEncoder(model, batch_size=batch_size)
         batched = _timed(lambda: encoder.encode(audio))
-        t_enc = _timed(lambda: model.encoder(x1), repeat=2)
+        t_enc = _timed(lambda: model.encoder(x1))
         emb = model.encoder(x1)
-        t_q = _timed(lambda: model.quantizer.encode(emb, 2.2), repeat=2)
+        t_q = _timed(lambda: model.quantizer.encode(emb, 2.2))
+        layers = model.encoder.layers if hasattr(model.encoder, "layers") else model.encoder
+        by_type = time_by_layer_type(layers, lambda: model.encoder(x1))
     print(f"EnCodec 32 kHz real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s, device {device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  one segment at a time : {single:7.2f} s  -> {total_audio / single:6.2f} x real time")
@@ -53,6 +77,9 @@ def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -
           f"  (speed-up {single / batched:.2f}x)")
     print(f"  one {seconds:g} s segment: SEANet encoder {t_enc * 1e3:7.1f} ms, RVQ {t_q * 1e3:6.1f} ms "
           f"({100 * t_enc / (t_enc + t_q):.0f}% in the encoder)")
+    total = sum(by_type.values())
+    print("  encoder time by layer type: " + ", ".join(
+        f"{k} {100 * v / total:.0f}%" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
 
 
 def bench_stems(seconds: float, segments: int, device: str) -> None:
@@ -73,12 +100,12 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
     total_audio = seconds * segments
 
     with torch.no_grad():
-        t_stems = _timed(lambda: [melody_stems(model, w[None], seed=0) for w in wav])
+        t_stems = _timed(lambda: [melody_stems(model, w[None], seed=0) for w in wav], repeat=1)
         up = julius.resample_frac(wav[:1], 32000, 44100)
-        t_up = _timed(lambda: julius.resample_frac(wav[:1], 32000, 44100), repeat=3)
-        t_sep = _timed(lambda: apply_model(model, up, shifts=1, split=True, overlap=0.25, device=device))
+        t_up = _timed(lambda: julius.resample_frac(wav[:1], 32000, 44100))
+        t_sep = _timed(lambda: apply_model(model, up, shifts=1, split=True, overlap=0.25, device=device), repeat=1)
         mono = wav[:, 0]
-        t_chroma = _timed(lambda: extractor(mono), repeat=3)
+        t_chroma = _timed(lambda: extractor(mono))
     print(f"HTDemucs real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s stereo, device {device}")
     print(f"  stems (vocals+other)  : {t_stems:7.2f} s  -> {total_audio / t_stems:6.2f} x real time")
     print(f"  one segment: resample 32k->44.1k {t_up * 1e3:6.1f} ms, separation {t_sep * 1e3:8.1f} ms "

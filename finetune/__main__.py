@@ -4,6 +4,8 @@
     mgft tiny-models OUT
     mgft prep --input CATALOG --output SHARDS --codec PATH_OR_HUB_ID [--melody --demucs PATH_OR_NAME]
     mgft prep-merge SHARDS
+    mgft fit --config recipes/tiny/stereo-melody-lora.yaml [--data.shards DIR] [--ckpt_path last]
+    mgft validate --config RECIPE --ckpt_path CKPT
 
 One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
 mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` stays fast.
@@ -23,6 +25,10 @@ COMMANDS: dict[str, str] = {
     "prep": "data_prep.prep:prep",
     "prep-merge": "data_prep.merge:prep_merge",
 }
+
+
+LIGHTNING_COMMANDS = ("fit", "validate")
+"""Handled by LightningCLI (finetune/cli.py): the model, data and trainer come from recipe YAML files."""
 
 
 def _load(target: str) -> Callable[..., Any]:
@@ -58,12 +64,19 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in LIGHTNING_COMMANDS:
+        from finetune.cli import run
+
+        run(args)
+        return
     if args and args[0] in COMMANDS:
         # Only the chosen command's module is imported (torch, transformers and demucs are slow to import).
         fn = _load(COMMANDS[args[0]])
         CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
         return
     # `mgft`, `mgft -h` or an unknown command: build the full parser so help and errors list every command.
+    if not args or args[0] in ("-h", "--help"):
+        print("Lightning commands (see `mgft fit -h`): " + ", ".join(LIGHTNING_COMMANDS))
     CLI({name: _load(target) for name, target in COMMANDS.items()}, args=args)
 
 

@@ -272,7 +272,9 @@ _T5_REAL: dict[str, Any] = {  # t5-base, the text encoder of every MusicGen chec
 }
 _T5_TINY: dict[str, Any] = {
     "vocab_size": TINY_T5_VOCAB_SIZE,
-    "d_model": 32,
+    # Narrower than the tiny decoder (32), as t5-base (768) is narrower than MusicGen (1024+): transformers only
+    # creates `enc_to_dec_proj` (audiocraft's trained `output_proj`) when the widths differ.
+    "d_model": 24,
     "d_kv": 16,
     "d_ff": 128,
     "num_layers": 2,
@@ -289,7 +291,7 @@ def t5_config(size: Size = "tiny") -> T5Config:
     """The T5 text-encoder config inside every MusicGen checkpoint.
 
     Args:
-        size: "tiny" (d_model 32, 2 layers, 1024-row vocab) or "real" (t5-base: d_model 768, 12 layers, 32128 vocab).
+        size: "tiny" (d_model 24, 2 layers, 1024-row vocab) or "real" (t5-base: d_model 768, 12 layers, 32128 vocab).
 
     Returns:
         A transformers `T5Config` (the composite model builds a `T5EncoderModel` from it).

@@ -1,0 +1,53 @@
+"""Exponential moving average of the trainable weights, as audiocraft's `ModuleDictEMA` (unbiased).
+
+audiocraft steps the EMA every `updates` optimizer steps with `count = count * decay + 1; w = 1 / count;
+ema = ema * (1 - w) + param * w`, validates with the EMA weights swapped in, and exports them as `best_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class EMA:
+    """Float32 shadow copies of named parameters."""
+
+    def __init__(self, named_params: dict[str, torch.nn.Parameter], decay: float = 0.99) -> None:
+        self.params = named_params
+        self.decay = decay
+        self.count = 0.0
+        self.shadow = {k: p.detach().float().clone() for k, p in named_params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.count = self.count * self.decay + 1
+        w = 1.0 / self.count
+        for k, p in self.params.items():
+            if self.shadow[k].device != p.device:  # the module moved to its device after the EMA was made
+                self.shadow[k] = self.shadow[k].to(p.device)
+            self.shadow[k].mul_(1 - w).add_(p.detach().float(), alpha=w)
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Temporarily load the EMA weights into the model (for validation and export)."""
+        backup = {k: p.detach().clone() for k, p in self.params.items()}
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(self.shadow[k].to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(backup[k])
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.decay = state["count"], state["decay"]
+        for k, v in state["shadow"].items():
+            self.shadow[k] = v.to(self.shadow[k].device) if k in self.shadow else v
