@@ -9,9 +9,11 @@ config is saved as `config.yaml` in the run folder.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
-from finetune.checkpoint_io import AtomicCheckpointIO
 from finetune.data import MusicGenData
 from finetune.module import MusicGenLM
 
@@ -19,21 +21,41 @@ LIGHTNING_COMMANDS = ("fit", "validate")
 
 
 class MgftCLI(LightningCLI):
-    """LightningCLI with the trainer's schedule length fed to the model and atomic checkpoint writes."""
+    """LightningCLI that keeps a run in one folder: `default_root_dir/{config.yaml, checkpoints/, wandb/, samples/}`.
+
+    Checkpoints go to a fixed `checkpoints/` folder (not one per logger version) so `--ckpt_path last` finds the
+    previous segment's checkpoint after a kill or a SLURM requeue, when the logger starts a new run.
+    """
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if cfg.trainer.get("max_steps", -1) in (None, -1) and cfg.model.get("total_steps") is None:
             raise ValueError("trainer.max_steps must be set: the cosine schedule and resume use step counts")
+        root = cfg.trainer.get("default_root_dir") or os.getcwd()
+        loggers = cfg.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args and init_args.save_dir in (None, "."):
+                init_args.save_dir = root
+
+    def before_validate(self) -> None:
+        self.before_fit()
+
+    def before_fit(self) -> None:
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
 
 
 def run(args: list[str]) -> None:
     """Run a Lightning subcommand (`fit`, `validate`) with `args` (including the subcommand)."""
+    # Frozen T5/EnCodec stay in eval mode on purpose (no dropout), which Lightning warns about.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     MgftCLI(
         MusicGenLM,
         MusicGenData,
         args=args,
-        trainer_defaults={"plugins": [AtomicCheckpointIO()]},
+        trainer_defaults={"plugins": [{"class_path": "finetune.checkpoint_io.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"parser_mode": "yaml"},

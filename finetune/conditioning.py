@@ -10,7 +10,6 @@ for the same lockstep).
 from __future__ import annotations
 
 import hashlib
-import random
 
 import torch
 
@@ -23,13 +22,6 @@ def batch_draw(seed: int, step: int, salt: str) -> float:
     """A U(0, 1) draw identical on every rank for a given (seed, step, salt)."""
     digest = hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64
-
-
-def word_dropout(text: str, p: float, rng: random.Random) -> str:
-    """T5Conditioner word dropout: drop each whitespace-separated word with probability p."""
-    if p <= 0:
-        return text
-    return " ".join(w for w in text.split() if rng.random() >= p)
 
 
 @torch.no_grad()

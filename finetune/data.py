@@ -5,12 +5,12 @@ Train stream (perf-reliability 6.3, 6.4, 6.6)
     crop + caption augmentation -> `batched`, and `.with_epoch(steps_per_epoch)` on the loader, so every rank yields
     exactly `steps_per_epoch` batches per epoch whatever its shards hold (unequal batch counts hang DDP all-reduce).
     There is no node or worker split: with resampling, each (rank, worker) simply draws its own stream, seeded by
-    `stream_seed(seed, resume_step, global rank, worker id, epoch)`. Runs are reproducible for a fixed layout, no
-    two ranks or workers share a stream, and a resumed run draws a *new* stream instead of replaying the start of the
-    first one: `resume_step` is the trainer's restored `global_step` (Lightning restores the loops before it builds
-    the dataloader), or whatever `reseed(step)` set. The data is not replayed exactly on resume (Lightning cannot
-    fast-forward a plain webdataset loader); a fresh, statistically equivalent draw is what audiocraft-style
-    resampled training needs.
+    `stream_seed(seed, resume_step, global rank, worker id, epoch)`, where the epoch is the trainer's `current_epoch`
+    (Lightning restores it from a checkpoint) and `resume_step` is 0 unless `reseed(step)` sets it. So a run that is
+    killed and resumed from a checkpoint taken at an epoch boundary (checkpoint every `steps_per_epoch` steps) draws
+    exactly the batches the uninterrupted run draws, and reaches the same weights; a resume from mid-epoch restarts
+    that epoch's stream (some samples of that epoch are seen twice, none is lost). `reseed(restart_count)` gives a
+    fresh draw instead, for jobs that would rather not repeat data after a preemption.
 
 Validation stream
     Deterministic, no shuffle, no augmentation, crops (if any) from the start. Every rank and worker reads the val
@@ -104,7 +104,7 @@ def resolve_shards(spec: str) -> list[str]:
     path = Path(spec)
     if _is_local(spec) and path.is_dir():
         urls = sorted(str(p) for p in path.glob(SHARD_GLOB))
-    elif _is_local(spec) and glob.has_magic(spec.replace("{", "").replace("}", "")) and "{" not in spec:
+    elif _is_local(spec) and "{" not in spec and glob.has_magic(spec):
         urls = sorted(glob.glob(spec))
     else:
         urls = list(braceexpand.braceexpand(spec))
@@ -362,7 +362,7 @@ def _decoded(
             sample = decode_sample(raw, require_chroma=require_chroma)
         except DataError:
             raise
-        except Exception as exn:  # noqa: BLE001 - any decode failure of one sample is a skip, not a crash
+        except Exception as exn:  # any decode failure of one sample is a skip, not a crash
             counter.skip(str(raw.get("__url__", "unknown shard")), f"sample {raw.get('__key__')}: {exn}")
             continue
         counter.ok()
@@ -430,9 +430,12 @@ class TrainStream(IterableDataset):
         # worker, which is what moves on with persistent workers or num_workers=0. Either way each epoch differs.
         self.loader_epoch = 0
         self.local_epoch = 0
+        self.trainer_epoch: int | None = None  # set by the loader from the trainer, when there is one
 
     def worker_seed(self, worker: int) -> int:
-        """The seed of this rank's `worker` stream for the current epoch counters."""
+        """The seed of this rank's `worker` stream for the current epoch (the trainer's, else local counters)."""
+        if self.trainer_epoch is not None:
+            return stream_seed(self.seed, self.resume_step, self.rank, worker, "epoch", self.trainer_epoch)
         return stream_seed(self.seed, self.resume_step, self.rank, worker, self.loader_epoch, self.local_epoch)
 
     def _augmented(self, src: Iterable[dict[str, Any]], seed: int) -> Iterator[dict[str, Any]]:
@@ -485,6 +488,7 @@ class _ValSplit:
         return j % self.num_workers == self.worker
 
     def split(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass on this worker's raw samples; count them all (every worker reads every sample, in order)."""
         i = 0
         for raw in src:
             if self.cap is not None and i >= self.cap:
@@ -496,8 +500,10 @@ class _ValSplit:
             i += 1
         self.total = i
 
-    def pad(self, src: Iterable[dict[str, Any]], decode: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[
-            dict[str, Any]]:
+    def pad(
+        self, src: Iterable[dict[str, Any]], decode: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
+        """Pass on decoded samples, then repeat one until this worker has its share of `ceil(N / world_size)`."""
         delivered, fallback = 0, None
         for sample in src:
             fallback = fallback or sample
@@ -513,7 +519,7 @@ class _ValSplit:
                 fallback = decode(self.first_raw)
             except DataError:
                 raise
-            except Exception:  # noqa: BLE001 - a corrupt first sample already counted as a skip elsewhere
+            except Exception:  # a corrupt first sample was already counted as a skip where it was read
                 fallback = None
         if fallback is None:
             log.warning("val rank %d worker %d has no sample to pad with; ranks may run unequal batch counts",
@@ -591,22 +597,29 @@ class StreamLoader(wds.WebLoader):
             the stream batches itself.
     """
 
-    def __init__(self, dataset: IterableDataset, num_batches: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, dataset: IterableDataset, num_batches: int | None = None,
+                 epoch_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         self.stream = dataset
         self.num_batches = num_batches
+        self.epoch_fn = epoch_fn
         if num_batches is not None:
             self.with_epoch(num_batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if isinstance(self.stream, TrainStream):
             self.stream.loader_epoch += 1  # before workers start: they copy the stream with this value
+            if self.epoch_fn is not None:
+                self.stream.trainer_epoch = self.epoch_fn()
         return super().__iter__()
 
     def __len__(self) -> int:
         if self.num_batches is None:
-            raise TypeError("the validation loader has no known length")
+            raise TypeError("the validation loader has no known length")  # Lightning's sized_len() expects this
         return self.num_batches
+
+    def __bool__(self) -> bool:
+        return True  # truthiness must not go through __len__, which raises for the val loader
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -623,7 +636,7 @@ def _first_sample(urls: list[str]) -> tuple[str, dict[str, Any]]:
             errors.append(f"{url}: no samples")
         except DataError:
             raise
-        except Exception as exn:  # noqa: BLE001 - report and try the next shard
+        except Exception as exn:  # report it and try the next shard
             errors.append(f"{url}: {type(exn).__name__}: {exn}")
             log.warning("cannot read shard %s: %s", url, exn)
     raise DataError("no readable sample in any shard: " + "; ".join(errors[:5]))
@@ -718,8 +731,8 @@ class MusicGenData(L.LightningDataModule):
     def reseed(self, step: int) -> None:
         """Fold `step` (the global step or a restart count) into the train seed of loaders built from now on.
 
-        Without a call, `train_dataloader` uses the attached trainer's `global_step`, which Lightning has already
-        restored from the checkpoint when it builds the loader, so a resumed run draws a new stream by itself.
+        Without a call the step is 0 and the stream depends only on (seed, rank, worker, epoch), so a resumed run
+        replays what the uninterrupted run would have drawn from the restored epoch on.
 
         Args:
             step: The resume step (or restart count); 0 reproduces a fresh run.
@@ -728,10 +741,8 @@ class MusicGenData(L.LightningDataModule):
 
     @property
     def resume_step(self) -> int:
-        """What the train seed folds in: `reseed`'s step, else the trainer's global step, else 0."""
-        if self._resume_step is not None:
-            return self._resume_step
-        return int(self.trainer.global_step) if self.trainer is not None else 0
+        """What the train seed folds in: `reseed`'s step, else 0."""
+        return self._resume_step if self._resume_step is not None else 0
 
     # -- datasets and loaders ----------------------------------------------------------------------------------------
 
@@ -792,9 +803,11 @@ class MusicGenData(L.LightningDataModule):
         )
 
     def _loader(self, dataset: IterableDataset, num_batches: int | None) -> StreamLoader:
+        trainer = self.trainer
         return StreamLoader(
             dataset,
             num_batches=num_batches,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             # Non-persistent workers start from the main process's copy of the stream each epoch; the loader bumps

@@ -19,13 +19,13 @@ class Wandb(WandbLogger):
     """`WandbLogger` that goes offline by itself when there is no key or `WANDB_MODE=offline`."""
 
     def __init__(self, project: str = "mgft", name: str | None = None, group: str | None = None,
-                 save_dir: str = ".", offline: bool | None = None, tags: list[str] | None = None,
+                 save_dir: str | None = None, offline: bool | None = None, tags: list[str] | None = None,
                  log_model: bool = False, **kwargs: Any) -> None:
         """Args:
             project: wandb project.
             name: Run name (default: wandb's).
             group: Groups runs of one experiment, e.g. every SLURM requeue segment.
-            save_dir: Where `wandb/` run folders go (put it on a shared filesystem on clusters).
+            save_dir: Where `wandb/` goes (default: the trainer's default_root_dir; shared storage on clusters).
             offline: Force offline (True) or online (False); default: offline unless a key is configured.
             tags: Run tags.
             log_model: Upload checkpoints as artifacts.
@@ -33,5 +33,5 @@ class Wandb(WandbLogger):
         """
         if offline is None:
             offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not _has_wandb_key()
-        super().__init__(project=project, name=name, group=group, save_dir=save_dir, offline=offline, tags=tags,
+        super().__init__(project=project, name=name, group=group, save_dir=save_dir or ".", offline=offline, tags=tags,
                          log_model=log_model, **kwargs)

@@ -21,7 +21,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from finetune.conditioning import MELODY_DEFAULTS, TEXT_DEFAULTS, batch_draw, encode_text, word_dropout
+from finetune.captions import word_dropout
+from finetune.conditioning import MELODY_DEFAULTS, TEXT_DEFAULTS, batch_draw, encode_text
 from finetune.ema import EMA
 from finetune.loss import masked_codebook_ce
 from finetune.models.load import load_musicgen

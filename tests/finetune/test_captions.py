@@ -197,4 +197,5 @@ def test_word_dropout_extremes_and_rate() -> None:
     words = [f"w{i}" for i in range(20_000)]
     kept = word_dropout(" ".join(words), 0.3, random.Random(7)).split(" ")
     assert abs(len(kept) / len(words) - 0.7) < 0.015
-    assert kept == [w for w in words if w in set(kept)], "kept words stay in order"
+    kept_set = set(kept)
+    assert kept == [w for w in words if w in kept_set], "kept words stay in order"
