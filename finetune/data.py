@@ -4,7 +4,8 @@ Train stream (perf-reliability 6.3, 6.4, 6.6)
     `ResampledShards` (shards drawn with replacement) -> `tarfile_to_samples` -> decode -> shuffle buffer -> random
     crop + caption augmentation -> `batched`, and `.with_epoch(steps_per_epoch)` on the loader, so every rank yields
     exactly `steps_per_epoch` batches per epoch whatever its shards hold (unequal batch counts hang DDP all-reduce).
-    There is no node or worker split: with resampling, each (rank, worker) simply draws its own stream, seeded by
+    Shards are split over ranks x workers first (`split_for_stream`), so ranks and workers never share a sample;
+    within its share each (rank, worker) draws its own resampled stream, seeded by
     `stream_seed(seed, resume_step, global rank, worker id, epoch)`, where the epoch is the trainer's `current_epoch`
     (Lightning restores it from a checkpoint) and `resume_step` is 0 unless `reseed(step)` sets it. So a run that is
     killed and resumed from a checkpoint taken at an epoch boundary (checkpoint every `steps_per_epoch` steps) draws
@@ -141,6 +142,22 @@ def _dist_info_from_env() -> tuple[int, int]:
 def _worker_info() -> tuple[int, int]:
     info = get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def split_for_stream(urls: list[str], stream: int, num_streams: int) -> tuple[list[str], int | None]:
+    """The shards one (rank, worker) stream resamples from, so no two streams ever read the same sample.
+
+    With at least as many shards as streams, stream `i` owns shards `i, i + n, i + 2n, ...`. With fewer, every
+    stream reads all shards and keeps only the samples whose key hashes to it (returned as the filter index);
+    that reads more but stays disjoint.
+    """
+    if len(urls) >= num_streams:
+        return urls[stream::num_streams], None
+    return list(urls), stream
+
+
+def _key_bucket(key: str, num_streams: int) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % num_streams
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -379,7 +396,7 @@ class TrainStream(IterableDataset):
     Args:
         urls: Shard URLs.
         rank: Global rank.
-        world_size: Number of ranks (recorded for `describe`; resampling needs no split).
+        world_size: Number of ranks; the shards are split over ranks x workers (`split_for_stream`).
         seed: Base seed.
         resume_step: Global step the run resumed from (0 for a fresh run); folded into the seed.
         batch_size: Samples per batch.
@@ -457,14 +474,18 @@ class TrainStream(IterableDataset):
             yield sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, _ = _worker_info()
+        worker, num_workers = _worker_info()
         self.local_epoch += 1
         seed = self.worker_seed(worker)
-        counter = SkipCounter(self.urls, self.max_skipped_fraction, self.skip_check_after)
+        n_streams = self.world_size * num_workers
+        urls, bucket = split_for_stream(self.urls, self.rank * num_workers + worker, n_streams)
+        counter = SkipCounter(urls, self.max_skipped_fraction, self.skip_check_after)
+        keep = (lambda raw: _key_bucket(raw["__key__"], n_streams) == bucket) if bucket is not None else None
         pipeline = wds.DataPipeline(
             # The seed is ours; webdataset's own worker_seed/epoch mixing is neutralised (constant 0, fresh object).
-            wds.ResampledShards(self.urls, seed=seed, worker_seed=functools.partial(int, 0), deterministic=True),
+            wds.ResampledShards(urls, seed=seed, worker_seed=functools.partial(int, 0), deterministic=True),
             wds.tarfile_to_samples(handler=counter.handler),
+            *([wds.select(keep)] if keep is not None else []),
             functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=random.Random(seed)),
             functools.partial(self._augmented, seed=seed),

@@ -121,6 +121,7 @@ class MusicGenLM(L.LightningModule):
         self._step_skipped = False
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
+        self.last_cfg_null = False
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def _add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
@@ -163,6 +164,7 @@ class MusicGenLM(L.LightningModule):
         b = len(captions)
         step = self.global_step
         cfg_null = train and batch_draw(self.hparams.seed, step, "cfg") < self.cfg_dropout
+        self.last_cfg_null = cfg_null  # what this batch trained with (logged, and checked across ranks in tests)
         if train and self.word_dropout > 0:
             captions = [word_dropout(c, self.word_dropout, self._py_rng) if c else c for c in captions]
         null = torch.full((b,), cfg_null, dtype=torch.bool)
@@ -213,6 +215,7 @@ class MusicGenLM(L.LightningModule):
             frames = batch["valid_frames"].sum() * self.trainer.world_size
             self.log("train/frames_per_s", frames.float() / (now - self._last_step_time), batch_size=b)
         self._last_step_time = now
+        self.log("train/cfg_null", float(self.last_cfg_null), batch_size=b)
         if batch.get("skipped"):
             self.log("data/skipped_samples", float(batch["skipped"]), reduce_fx="sum", batch_size=b)
         return loss

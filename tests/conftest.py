@@ -32,3 +32,35 @@ def synth_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("catalog")
     synth_catalog(str(out), tracks=6, seconds=8.0, seed=3, bad_files=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny MusicGen checkpoints (mono text and stereo melody) in transformers' format."""
+    from finetune.models.tiny import tiny_models
+
+    out = tmp_path_factory.mktemp("lms")
+    tiny_models(str(out), only=["musicgen-small", "musicgen-stereo-melody"])
+    return out
+
+
+def _prep(tmp_path_factory: pytest.TempPathFactory, catalog: Path, models: Path, name: str, **kw) -> Path:
+    from data_prep.prep import prep
+
+    out = tmp_path_factory.mktemp(name)
+    prep(input=str(catalog), output=str(out), codec=str(models / "encodec_32khz"), segment_seconds=2.0,
+         shard_max_samples=6, batch_size=8, **kw)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mono_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
+    """2 s mono segments of the synthesized catalog, several shards (so ranks can own disjoint shards)."""
+    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "mono-shards", channels=1)
+
+
+@pytest.fixture(scope="session")
+def stereo_melody_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
+    """2 s stereo segments with chroma."""
+    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "stereo-melody-shards", channels=2,
+                 melody=True, demucs=str(tiny_models_dir / "htdemucs"))

@@ -1,0 +1,55 @@
+"""Test-only Lightning callbacks, loaded by `mgft fit` through `--trainer.callbacks+=tests.finetune.helpers.X`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class BatchRecorder(L.Callback):
+    """Appends, per rank, each step's sample keys and CFG decision to `out_dir/rank{R}.jsonl`."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        row = {"step": trainer.global_step, "keys": list(batch["keys"]), "cfg_null": bool(pl_module.last_cfg_null),
+               "world_size": trainer.world_size, "pid": os.getpid()}
+        with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class NaNInjector(L.Callback):
+    """Poisons the gradients at the given optimizer steps, as an fp16 overflow or a bad batch would."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = set(steps)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step in self.steps:
+            for p in pl_module.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+                    break
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after each step so a test can kill the run between two checkpoints."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+def trainable_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
