@@ -110,7 +110,13 @@ class SampleGenerator(L.Callback):
             kwargs["input_features"] = self._chroma.to(pl_module.device)
         was_training = model.training
         model.eval()
-        torch.manual_seed(self.seed)
+        # Sampling must not move the training RNG: a resumed run would otherwise diverge from an uninterrupted one.
+        cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            return self._generate(model, inputs, kwargs, pl_module, was_training)
+
+    def _generate(self, model, inputs, kwargs, pl_module, was_training: bool) -> np.ndarray:
         try:
             audio = model.generate(**inputs, **kwargs, do_sample=True, top_k=self.top_k,
                                    guidance_scale=self.guidance_scale,
@@ -129,8 +135,8 @@ class SampleGenerator(L.Callback):
         from data_prep.chroma import ChromaExtractor
 
         audio = self.generate(pl_module)
-        out = Path(trainer.default_root_dir if trainer.log_dir is None else trainer.log_dir)
-        out = out / "samples" / f"step_{trainer.global_step:06d}"
+        # Not trainer.log_dir: under DDP it is a broadcast, which would deadlock inside rank-zero-only code.
+        out = Path(trainer.default_root_dir) / "samples" / f"step_{trainer.global_step:06d}"
         out.mkdir(parents=True, exist_ok=True)
         extractor = ChromaExtractor()
         rows = []

@@ -38,6 +38,14 @@ class MgftCLI(LightningCLI):
             if init_args is not None and "save_dir" in init_args and init_args.save_dir in (None, "."):
                 init_args.save_dir = root
 
+    def after_fit(self) -> None:
+        # Close wandb runs so an in-process caller (tests, notebooks) finds the offline run complete on disk.
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish()
+
     def before_validate(self) -> None:
         self.before_fit()
 

@@ -6,12 +6,12 @@ Train stream (perf-reliability 6.3, 6.4, 6.6)
     exactly `steps_per_epoch` batches per epoch whatever its shards hold (unequal batch counts hang DDP all-reduce).
     Shards are split over ranks x workers first (`split_for_stream`), so ranks and workers never share a sample;
     within its share each (rank, worker) draws its own resampled stream, seeded by
-    `stream_seed(seed, resume_step, global rank, worker id, epoch)`, where the epoch is the trainer's `current_epoch`
-    (Lightning restores it from a checkpoint) and `resume_step` is 0 unless `reseed(step)` sets it. So a run that is
-    killed and resumed from a checkpoint taken at an epoch boundary (checkpoint every `steps_per_epoch` steps) draws
-    exactly the batches the uninterrupted run draws, and reaches the same weights; a resume from mid-epoch restarts
-    that epoch's stream (some samples of that epoch are seen twice, none is lost). `reseed(restart_count)` gives a
-    fresh draw instead, for jobs that would rather not repeat data after a preemption.
+    `stream_seed(seed, resume_step, global rank, worker id, epoch)`. The epoch is the number of whole epochs of
+    batches already trained (from the trainer's global step, which Lightning restores from a checkpoint);
+    `resume_step` is 0 unless `reseed(step)` sets it. So a run killed and resumed from a checkpoint taken at an
+    epoch boundary (checkpoint every `steps_per_epoch` steps) draws exactly the batches of the uninterrupted run and
+    reaches the same weights; a resume from mid-epoch restarts that epoch's stream (some samples of that epoch are
+    seen twice, none is lost). `reseed(restart_count)` gives a fresh draw instead.
 
 Validation stream
     Deterministic, no shuffle, no augmentation, crops (if any) from the start. Every rank and worker reads the val
@@ -823,12 +823,21 @@ class MusicGenData(L.LightningDataModule):
             skip_check_after=self.skip_check_after,
         )
 
+    def _stream_epoch(self) -> int:
+        """Which epoch's stream to draw, from the batches already trained (restored on resume).
+
+        Lightning's `current_epoch` is not advanced yet when a run resumed from a checkpoint taken on the last
+        batch of an epoch builds its iterator; the global step is.
+        """
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches // self.steps_per_epoch
+
     def _loader(self, dataset: IterableDataset, num_batches: int | None) -> StreamLoader:
         trainer = self.trainer
         return StreamLoader(
             dataset,
             num_batches=num_batches,
-            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            epoch_fn=self._stream_epoch if trainer is not None else None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             # Non-persistent workers start from the main process's copy of the stream each epoch; the loader bumps

@@ -115,7 +115,6 @@ class MusicGenLM(L.LightningModule):
         # Only trainable weights go into checkpoints; the rest is reloaded from `pretrained`.
         self.strict_loading = False
         self.ema = EMA(self._trainable(), ema_decay) if ema_decay else None
-        self._py_rng = random.Random(seed)
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
         self._step_skipped = False
@@ -166,7 +165,9 @@ class MusicGenLM(L.LightningModule):
         cfg_null = train and batch_draw(self.hparams.seed, step, "cfg") < self.cfg_dropout
         self.last_cfg_null = cfg_null  # what this batch trained with (logged, and checked across ranks in tests)
         if train and self.word_dropout > 0:
-            captions = [word_dropout(c, self.word_dropout, self._py_rng) if c else c for c in captions]
+            # Seeded by (seed, step, rank): a resumed run drops the words the uninterrupted run would have.
+            rng = random.Random(f"{self.hparams.seed}:{step}:{self.global_rank}:words")
+            captions = [word_dropout(c, self.word_dropout, rng) if c else c for c in captions]
         null = torch.full((b,), cfg_null, dtype=torch.bool)
         hidden, mask = encode_text(self.tokenizer, self.model.text_encoder, captions, null, self.device)
         # transformers omits enc_to_dec_proj when T5 and the decoder have one width; every hub checkpoint has it.
@@ -246,7 +247,10 @@ class MusicGenLM(L.LightningModule):
         self.log("train/skipped_steps", float(self._nonfinite_total))
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end hook, and a
+        # checkpoint must hold the EMA of the step it is named after.
         if self.ema is not None and not self._step_skipped and self.global_step % self.hparams.ema_every == 0:
             self.ema.update()
 

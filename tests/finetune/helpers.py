@@ -20,7 +20,9 @@ class BatchRecorder(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         row = {"step": trainer.global_step, "keys": list(batch["keys"]), "cfg_null": bool(pl_module.last_cfg_null),
-               "world_size": trainer.world_size, "pid": os.getpid()}
+               "world_size": trainer.world_size, "pid": os.getpid(),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"],
+               "param_sum": float(sum(p.detach().double().sum() for p in pl_module.parameters() if p.requires_grad))}
         with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -53,3 +55,40 @@ class SlowSteps(L.Callback):
 
 def trainable_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def wandb_history_keys(run_dir: Path) -> set[str]:
+    """Metric names in an offline wandb run's `run-*.wandb` file.
+
+    The file is a LevelDB-style log (32 KiB blocks; each record chunk has a 7-byte header: crc32, length, type
+    FULL/FIRST/MIDDLE/LAST) of `wandb_internal_pb2.Record` protobufs; wandb 0.31 no longer ships a reader.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            break
+        if kind == 1:
+            records.append(payload)
+        elif kind == 2:
+            pending = payload
+        elif kind == 3:
+            pending += payload
+        elif kind == 4:
+            records.append(pending + payload)
+    keys: set[str] = set()
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys

@@ -1,0 +1,151 @@
+"""`mgft fit` end to end on prepped shards: resume after kill -9, 2-process DDP, wandb offline, recipes, NaN skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.__main__ import main
+from tests.finetune.helpers import trainable_state, wandb_history_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = "recipes/tiny/small-full.yaml"
+LORA = "recipes/tiny/stereo-melody-lora.yaml"
+
+
+def fit_args(recipe: str, pretrained: Path, shards: Path, root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / recipe), "--model.pretrained", str(pretrained), "--data.shards",
+            str(shards), "--trainer.default_root_dir", str(root), *extra]
+
+
+def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "finetune", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, **kw)
+
+
+def test_every_recipe_parses(capsys: pytest.CaptureFixture) -> None:
+    recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
+    assert len(recipes) >= 2
+    for recipe in recipes:
+        header = recipe.read_text().splitlines()[:3]
+        assert header[0].startswith("#") and any("mgft fit" in line for line in header), recipe
+        with pytest.raises(SystemExit) as e:
+            main(["fit", "--config", str(recipe), "--print_config"])
+        assert e.value.code in (0, None), recipe
+        assert "model:" in capsys.readouterr().out
+
+
+def test_unknown_config_key_fails_naming_it_before_any_model_is_built(tmp_path: Path) -> None:
+    out = run_cli(["fit", "--config", str(ROOT / SMALL), "--model.pretrained", str(tmp_path / "does-not-exist"),
+                   "--model.lora_rnak", "4", "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert out.returncode != 0
+    assert "lora_rnak" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tiny_lm_dir: Path,
+                                                               mono_shards: Path) -> None:
+    common = ("--trainer.logger", "false", "--trainer.max_steps", "20")
+    reference = tmp_path / "reference"
+    done = run_cli(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, reference, *common))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    args = fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, killed, *common,
+                    "--trainer.callbacks+=tests.finetune.helpers.SlowSteps", "--trainer.callbacks.seconds", "0.3")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = killed / "checkpoints" / "step000010.ckpt"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # kill mid-way through the next steps, not at the checkpoint boundary
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step000020.ckpt").exists()
+
+    resumed = run_cli(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, killed, *common,
+                               "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    got = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert got["global_step"] == ref["global_step"] == 20
+    assert got["state_dict"].keys() == ref["state_dict"].keys()
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in ref["mgft"]["ema"]["shadow"].items():
+        torch.testing.assert_close(got["mgft"]["ema"]["shadow"][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_with_disjoint_data_and_shared_cfg(tmp_path: Path, tiny_lm_dir: Path,
+                                                                  mono_shards: Path) -> None:
+    record = tmp_path / "record"
+    out = run_cli(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "run",
+                           "--trainer.logger", "false", "--trainer.max_steps", "6", "--trainer.devices", "2",
+                           "--trainer.strategy", "ddp", "--model.cfg_dropout", "0.5",
+                           "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
+                           "--trainer.callbacks.out_dir", str(record)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r: [json.loads(x) for x in (record / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == list(range(1, 7))
+    assert {x["world_size"] for x in rows[0] + rows[1]} == {2}
+    assert rows[0][0]["pid"] != rows[1][0]["pid"]
+    keys = [{k for x in rows[r] for k in x["keys"]} for r in (0, 1)]
+    assert keys[0] and keys[1] and keys[0].isdisjoint(keys[1])
+    cfg = [[x["cfg_null"] for x in rows[r]] for r in (0, 1)]
+    assert cfg[0] == cfg[1] and len(set(cfg[0])) == 2, cfg
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_lora_run_logs_to_wandb_offline_and_checkpoints_only_adapters(tmp_path: Path, tiny_lm_dir: Path,
+                                                                       stereo_melody_shards: Path) -> None:
+    lora_root, full_root = tmp_path / "lora", tmp_path / "full"
+    main(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, lora_root,
+                  "--data.val_shards", str(stereo_melody_shards), "--trainer.max_steps", "10"))
+    run_dir = next((lora_root / "wandb").glob("offline-run-*"))
+    logged = wandb_history_keys(run_dir)
+    assert {"train/loss", "train/ce_q0", "train/ce_q7", "train/lr", "train/grad_norm", "val/ce", "val/ppl"} <= logged
+    assert {"samples/audio/audio", "samples/spectrogram/filenames", "samples/chroma/filenames"} <= logged
+    assert list((run_dir / "files" / "media" / "audio").rglob("*.wav"))
+    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert (lora_root / "config.yaml").exists()
+
+    main(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, full_root,
+                  "--model.lora_rank", "0", "--trainer.max_steps", "2", "--trainer.logger", "false",
+                  "--data.val_shards", "null"))
+    lora_state = trainable_state(lora_root / "checkpoints" / "last.ckpt")
+    full_state = trainable_state(full_root / "checkpoints" / "last.ckpt")
+    assert lora_state and all("lora_" in k for k in lora_state)
+    assert not any("lora_" in k for k in full_state) and len(full_state) > len(lora_state)
+    lora_size = (lora_root / "checkpoints" / "last.ckpt").stat().st_size
+    full_size = (full_root / "checkpoints" / "last.ckpt").stat().st_size
+    assert lora_size < 0.1 * full_size, (lora_size, full_size)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path) -> None:
+    base = fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "ok", "--trainer.logger", "false",
+                    "--trainer.max_steps", "6", "--trainer.callbacks+=tests.finetune.helpers.NaNInjector")
+    main([*base, "--trainer.callbacks.steps", "[2, 3]"])
+    ckpt = torch.load(tmp_path / "ok" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["mgft"]["nonfinite_total"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+    stop = fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "stop", "--trainer.logger",
+                    "false", "--trainer.max_steps", "6", "--model.max_nonfinite_steps", "3",
+                    "--trainer.callbacks+=tests.finetune.helpers.NaNInjector", "--trainer.callbacks.steps", "[1, 2, 3]")
+    with pytest.raises(RuntimeError, match="3 consecutive steps"):
+        main(stop)
