@@ -121,6 +121,9 @@ class MusicGenLM(L.LightningModule):
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
         self.last_cfg_null = False
+        # from_pretrained returns eval mode and Lightning 2.x keeps module modes as it finds them; transformers'
+        # gradient checkpointing and LoRA dropout only act in train mode.
+        self.train()
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def _add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str] | None) -> None:

@@ -170,3 +170,31 @@ def test_ema_is_audiocrafts_unbiased_average() -> None:
     weights = [0.5**2, 0.5, 1.0]
     expected = sum(w * v for w, v in zip(weights, values)) / sum(weights)
     torch.testing.assert_close(ema.shadow["p"], torch.full((2,), expected))
+
+
+def test_trainable_parts_start_in_train_mode_and_frozen_parts_stay_in_eval(tiny_lm_dir: Path) -> None:
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), gradient_checkpointing=True)
+    assert module.model.decoder.training and module.model.decoder.model.decoder.gradient_checkpointing
+    assert not module.model.text_encoder.training and not module.model.audio_encoder.training
+    module.eval()
+    module.train()
+    assert module.model.decoder.training and not module.model.text_encoder.training
+
+
+def test_atomic_checkpoint_io_round_trip_and_refuses_pickles(tmp_path: Path) -> None:
+    from finetune.checkpoint_io import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, tmp_path / "a.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.ckpt")
+    import pickle
+
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
