@@ -1,4 +1,5 @@
-# make demo: synthesize a licensed catalog, build tiny models, prep it, print the summary (CPU, minutes).
+# make demo: synthesize a licensed catalog, build tiny models, prep it, LoRA fine-tune a tiny stereo-melody MusicGen
+#            on it (CPU, a few minutes).
 # make test: the whole test suite (unit, contract, end to end). Both create .venv and install everything first.
 SHELL := /bin/bash
 PY ?= python3
@@ -26,7 +27,12 @@ demo: install
 	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog --output $(DEMO_DIR)/shards \
 		--codec $(DEMO_DIR)/models/encodec_32khz --channels 2 --segment-seconds 10 \
 		--melody --demucs $(DEMO_DIR)/models/htdemucs --keep-audio
+	HF_HUB_OFFLINE=1 $(BIN)/mgft fit --config recipes/tiny/stereo-melody-lora.yaml \
+		--model.pretrained $(DEMO_DIR)/models/musicgen-stereo-melody \
+		--data.shards $(DEMO_DIR)/shards --data.val_shards $(DEMO_DIR)/shards \
+		--trainer.default_root_dir $(DEMO_DIR)/run
 	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards"
+	@echo "demo: the fine-tune's config, checkpoints, samples (wav + spectrogram/chroma png) and offline wandb run are in $(DEMO_DIR)/run"
 
 test: install
 	$(BIN)/ruff check .
