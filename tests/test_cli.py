@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune.__main__ import COMMANDS, main, normalize_flags
+from finetune.__main__ import COMMANDS, LIGHTNING_COMMANDS, main, normalize_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_help_lists_every_command() -> None:
     out = subprocess.run([sys.executable, "-m", "finetune", "-h"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for name in COMMANDS:
+    for name in [*COMMANDS, *LIGHTNING_COMMANDS]:
         assert name in out.stdout
 
 
