@@ -1,7 +1,7 @@
 """Training step cost: prepped shards vs tokenizing (and, for melody, separating stems) on the fly, as audiocraft does.
 
     python bench/train_step.py [--model musicgen-small] [--seconds 5] [--batch-size 2] [--steps 3] [--device cpu]
-    python bench/train_step.py --model musicgen-melody --melody ...      # + HTDemucs stems and chroma on the fly
+    python bench/train_step.py --model musicgen-melody --melody --lora-rank 16   # + HTDemucs stems, chroma on the fly
     python bench/train_step.py --device cuda --seconds 30 --batch-size 8 --peak-tflops 989   # frames/s and MFU
 
 Real-size architectures with random weights (written once under bench/out/ by `mgft tiny-models --size real`).
@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--melody", action="store_true", help="melody model: stems + chroma on the fly")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (bf16 dense) for MFU")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="train LoRA adapters (full AdamW state of 1.5B params does not fit 24 GB of RAM)")
     args = parser.parse_args()
 
     from data_prep.chroma import ChromaExtractor
@@ -83,7 +85,7 @@ def main() -> None:
     torch.manual_seed(0)
     models = real_models(args.model)
     module = MusicGenLM(str(models / args.model), ema_decay=None, cfg_dropout=0.0, word_dropout=0.0,
-                        chroma_dropout=0.0).to(args.device)
+                        chroma_dropout=0.0, lora_rank=args.lora_rank).to(args.device)
     channels = 2 if module.num_codebooks == 8 else 1
     shards = make_shards(models, args.seconds, channels, args.melody)
     data = MusicGenData(str(shards), batch_size=args.batch_size, num_workers=0, require_chroma=args.melody)
@@ -130,8 +132,10 @@ def main() -> None:
 
     frames = int(args.seconds * 50) * args.batch_size
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    print(f"{args.model} (real size, {n_train / 1e6:.0f}M trainable), batch {args.batch_size} x {args.seconds:g} s "
-          f"({frames} frames), {args.steps} steps, device {args.device}, torch threads {torch.get_num_threads()}")
+    kind = " LoRA" if args.lora_rank else ""
+    print(f"{args.model} (real size, {n_train / 1e6:.1f}M trainable{kind}), batch {args.batch_size} x "
+          f"{args.seconds:g} s ({frames} frames), {args.steps} steps, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
     best = {name: min(t) for name, t in timings.items()}
     for name, t in best.items():
         line = f"  {name:<11}: {t:8.2f} s/step  {frames / t:9.1f} frames/s"
