@@ -6,6 +6,7 @@
     mgft prep-merge SHARDS
     mgft fit --config recipes/tiny/stereo-melody-lora.yaml [--data.shards DIR] [--ckpt_path last]
     mgft validate --config RECIPE --ckpt_path CKPT
+    mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] --out DIR
 
 One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
 mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` stays fast.
@@ -24,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "tiny-models": "finetune.models.tiny:tiny_models",
     "prep": "data_prep.prep:prep",
     "prep-merge": "data_prep.merge:prep_merge",
+    "generate": "finetune.generate:generate",
 }
 
 
