@@ -6,6 +6,7 @@
     mgft prep-merge SHARDS
     mgft fit --config recipes/tiny/stereo-melody-lora.yaml [--data.shards DIR] [--ckpt_path last]
     mgft validate --config RECIPE --ckpt_path CKPT
+    mgft export CKPT --out DIR [--format hf|audiocraft|both] [--adapter-only]
     mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] --out DIR
 
 One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "prep": "data_prep.prep:prep",
     "prep-merge": "data_prep.merge:prep_merge",
     "generate": "finetune.generate:generate",
+    "export": "finetune.export:export",
 }
 
 

@@ -33,16 +33,8 @@ def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = 
 
     if Path(path).is_file() and path.endswith(".ckpt"):
         from finetune.module import MusicGenLM
-        from finetune.safe_load import safe_torch_load
 
-        checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
-        module = MusicGenLM(**checkpoint["hyper_parameters"])
-        module.on_load_checkpoint(checkpoint)  # validates the keys and restores the EMA
-        module.load_state_dict(checkpoint["state_dict"], strict=False)
-        if module.ema is not None:
-            with torch.no_grad():  # audiocraft exports the EMA weights
-                for name, param in module.ema.params.items():
-                    param.copy_(module.ema.shadow[name].to(param.dtype))
+        module, _ = MusicGenLM.from_checkpoint(path, trust_checkpoint)
         model, tokenizer, is_melody = module.model, module.tokenizer, module.is_melody
     else:
         model, tokenizer, is_melody = load_musicgen(path)

@@ -60,6 +60,7 @@ class MusicGenLM(L.LightningModule):
         gradient_checkpointing: bool = False,
         max_nonfinite_steps: int = 5,
         seed: int = 0,
+        audiocraft_base: str | None = None,
     ) -> None:
         """Build the model from a transformers checkpoint (hub id or local directory).
 
@@ -87,11 +88,14 @@ class MusicGenLM(L.LightningModule):
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             max_nonfinite_steps: Stop after this many consecutive steps with non-finite loss or gradients.
             seed: Seed of the batch-level condition dropouts (identical on every rank).
+            audiocraft_base: When `pretrained` is an audiocraft export (state_dict.bin), the transformers MusicGen
+                checkpoint that supplies T5, EnCodec and the tokenizer (default: the facebook/musicgen-* hub one).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.model, self.tokenizer, self.is_melody = load_musicgen(pretrained, dropout=dropout,
-                                                                   mono_to_stereo=mono_to_stereo)
+        self.model, self.tokenizer, self.is_melody = load_musicgen(
+            pretrained, dropout=dropout, mono_to_stereo=mono_to_stereo, audiocraft_base=audiocraft_base
+        )
         decoder_cfg = self.model.config.decoder
         self.num_codebooks = decoder_cfg.num_codebooks
         self.delays = delays_for(decoder_cfg.num_codebooks, getattr(decoder_cfg, "audio_channels", 1))
@@ -124,6 +128,24 @@ class MusicGenLM(L.LightningModule):
         # from_pretrained returns eval mode and Lightning 2.x keeps module modes as it finds them; transformers'
         # gradient checkpointing and LoRA dropout only act in train mode.
         self.train()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, trust_checkpoint: bool = False) -> tuple[MusicGenLM, dict[str, Any]]:
+        """Rebuild a trained module from an mgft checkpoint, with EMA weights loaded when the run kept an EMA.
+
+        Returns the module (eval mode) and the checkpoint dict. Checkpoints load with `weights_only=True`.
+        """
+        from finetune.safe_load import safe_torch_load
+
+        checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
+        module = cls(**checkpoint["hyper_parameters"])
+        module.on_load_checkpoint(checkpoint)  # validates the keys, restores the EMA
+        module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if module.ema is not None:  # audiocraft exports and samples from the EMA weights
+            with torch.no_grad():
+                for name, param in module.ema.params.items():
+                    param.copy_(module.ema.shadow[name].to(param.dtype))
+        return module.eval(), checkpoint
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def _add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
@@ -316,6 +338,9 @@ class MusicGenLM(L.LightningModule):
             "pretrained": self.hparams.pretrained,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "nonfinite_total": self._nonfinite_total,
+            # The last logged values, for export model cards.
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+            if self._trainer is not None else {},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
