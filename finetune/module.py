@@ -138,7 +138,9 @@ class MusicGenLM(L.LightningModule):
         from finetune.safe_load import safe_torch_load
 
         checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
-        module = cls(**checkpoint["hyper_parameters"])
+        # LightningCLI adds private entries (`_instantiator`, `_class_path`) that are not constructor arguments.
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        module = cls(**hparams)
         module.on_load_checkpoint(checkpoint)  # validates the keys, restores the EMA
         module.load_state_dict(checkpoint["state_dict"], strict=False)
         if module.ema is not None:  # audiocraft exports and samples from the EMA weights

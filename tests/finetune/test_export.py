@@ -37,6 +37,7 @@ def test_hf_export_loads_with_plain_transformers_and_generates(finetuned: Path, 
     assert model.config.decoder.num_codebooks == 8 and model.config.decoder.audio_channels == 2
     assert not any("lora" in k for k in model.state_dict())
     assert model.generation_config.top_k == 250 and model.generation_config.guidance_scale == 3.0
+    assert model.generation_config.max_length == 1504  # 1500 frames + BOS + 3 delayed steps: 30 s, as audiocraft
 
     # The merged export computes what the trained module (adapters unmerged) computes.
     module, _ = MusicGenLM.from_checkpoint(str(finetuned))
@@ -108,3 +109,20 @@ def test_audiocraft_export_imports_back_as_pretrained(finetuned: Path, tmp_path:
         # state_dict.bin holds fp16 weights, as the hub's audiocraft files do.
         torch.testing.assert_close(imported.eval()(**inputs, decoder_input_ids=ids).logits,
                                    reference(**inputs, decoder_input_ids=ids).logits, rtol=2e-2, atol=2e-2)
+
+
+def test_fit_continues_from_an_audiocraft_export(finetuned: Path, tmp_path: Path, tiny_lm_dir: Path,
+                                                 stereo_melody_shards: Path) -> None:
+    """`--model.pretrained DIR/state_dict.bin` trains: audiocraft LM weights, T5/EnCodec/tokenizer from the base."""
+    from finetune.module import MusicGenLM
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "ac"), "--format", "audiocraft"])
+    main(fit_args(LORA, tmp_path / "ac", stereo_melody_shards, tmp_path / "run", "--trainer.max_steps", "2",
+                  "--trainer.logger", "false", "--data.val_shards", "null",
+                  "--model.audiocraft_base", str(tiny_lm_dir / "musicgen-stereo-melody")))
+    module, checkpoint = MusicGenLM.from_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert checkpoint["global_step"] == 2 and module.is_melody and module.num_codebooks == 8
+    exported = torch.load(tmp_path / "ac" / "state_dict.bin", weights_only=True)["best_state"]
+    # The fine-tune started from the export's (merged, fp16) weights, not from the base model's.
+    head = module.model.decoder.lm_heads[5].weight
+    torch.testing.assert_close(head, exported["linears.5.weight"].float())
