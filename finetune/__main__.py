@@ -7,7 +7,9 @@
     mgft fit --config recipes/tiny/stereo-melody-lora.yaml [--data.shards DIR] [--ckpt_path last]
     mgft validate --config RECIPE --ckpt_path CKPT
     mgft export CKPT --out DIR [--format hf|audiocraft|both] [--adapter-only]
-    mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] --out DIR
+    mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] [--decoder mbd] --out DIR
+    mgft mbd-fit --config recipes/mbd/band0.yaml --data.shards SHARDS   # one multi-band diffusion band
+    mgft mbd-pack BAND0.ckpt BAND1.ckpt BAND2.ckpt BAND3.ckpt --out mbd_musicgen_32khz.th
 
 One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
 mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` stays fast.
@@ -28,10 +30,11 @@ COMMANDS: dict[str, str] = {
     "prep-merge": "data_prep.merge:prep_merge",
     "generate": "finetune.generate:generate",
     "export": "finetune.export:export",
+    "mbd-pack": "finetune.mbd.pack:mbd_pack",
 }
 
 
-LIGHTNING_COMMANDS = ("fit", "validate")
+LIGHTNING_COMMANDS = ("fit", "validate", "mbd-fit", "mbd-validate")
 """Handled by LightningCLI (finetune/cli.py): the model, data and trainer come from recipe YAML files."""
 
 

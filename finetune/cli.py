@@ -1,7 +1,9 @@
-"""`mgft fit|validate --config recipes/X.yaml [overrides]`: LightningCLI over `MusicGenLM` and `MusicGenData`.
+"""`mgft fit|validate --config recipes/X.yaml [overrides]`: LightningCLI over `MusicGenLM` and `MusicGenData`;
+`mgft mbd-fit|mbd-validate` the same over one multi-band diffusion band (`MBDBand`, `MBDData`).
 
     mgft fit --config recipes/tiny/stereo-melody-lora.yaml --data.shards demo-run/shards
     mgft fit --config recipes/musicgen-small/full.yaml --ckpt_path last      # resume a killed run
+    mgft mbd-fit --config recipes/mbd/band2.yaml --data.shards data/shards
 
 Configs are parsed and type-checked (unknown keys fail, naming the key) before any model is built; the resolved
 config is saved as `config.yaml` in the run folder.
@@ -18,6 +20,7 @@ from finetune.data import MusicGenData
 from finetune.module import MusicGenLM
 
 LIGHTNING_COMMANDS = ("fit", "validate")
+MBD_COMMANDS = ("mbd-fit", "mbd-validate")
 
 
 class MgftCLI(LightningCLI):
@@ -56,12 +59,19 @@ class MgftCLI(LightningCLI):
 
 
 def run(args: list[str]) -> None:
-    """Run a Lightning subcommand (`fit`, `validate`) with `args` (including the subcommand)."""
+    """Run a Lightning subcommand (`fit`, `validate`, `mbd-fit`, `mbd-validate`) with `args` (subcommand first)."""
     # Frozen T5/EnCodec stay in eval mode on purpose (no dropout), which Lightning warns about.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    if args and args[0] in MBD_COMMANDS:
+        from finetune.mbd.data import MBDData
+        from finetune.mbd.module import MBDBand
+
+        model_class, data_class, args = MBDBand, MBDData, [args[0].removeprefix("mbd-"), *args[1:]]
+    else:
+        model_class, data_class = MusicGenLM, MusicGenData
     MgftCLI(
-        MusicGenLM,
-        MusicGenData,
+        model_class,
+        data_class,
         args=args,
         trainer_defaults={"plugins": [{"class_path": "finetune.checkpoint_io.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},

@@ -12,6 +12,7 @@ loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without a
     OUT/musicgen-stereo-small/    same as musicgen-small, decoder with 8 codebooks and audio_channels=2
     OUT/musicgen-melody/          config.json, generation_config.json, model.safetensors, tokenizer files
     OUT/musicgen-stereo-melody/   same as musicgen-melody, decoder with 8 codebooks and audio_channels=2
+    OUT/multiband-diffusion/      mbd_musicgen_32khz.th (4 band U-Nets, their configs and normalizer statistics)
 
 `--size tiny` (default) gives models small enough for CPU tests (0.1M to 1.3M parameters each);
 `--size real` gives the real architectures (GBs on disk; use `--only`).
@@ -50,13 +51,14 @@ Size = Literal["tiny", "real"]
 
 ENCODEC = "encodec_32khz"
 HTDEMUCS = "htdemucs"
+MBD = "multiband-diffusion"
 MUSICGEN_NAMES: tuple[str, ...] = (
     "musicgen-small",
     "musicgen-stereo-small",
     "musicgen-melody",
     "musicgen-stereo-melody",
 )
-ALL_NAMES: tuple[str, ...] = (ENCODEC, HTDEMUCS, *MUSICGEN_NAMES)
+ALL_NAMES: tuple[str, ...] = (ENCODEC, HTDEMUCS, *MUSICGEN_NAMES, MBD)
 
 # The stem order of the released htdemucs (`955717e8`); melody conditioning keeps indices [3, 2] (vocals, other).
 HTDEMUCS_SOURCES: list[str] = ["drums", "bass", "other", "vocals"]
@@ -611,6 +613,53 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
     return out_dir
 
 
+def mbd_unet_config(size: Size = "tiny"):
+    """The band U-Net: audiocraft's basic.yaml with the EnCodec latent as condition and a transformer bottleneck.
+
+    Which bottleneck the released `mbd_musicgen_32khz.th` uses could not be read offline (facts D.3); a conditional
+    MBD needs one (without it the condition is dropped), and the transformer is audiocraft's first choice.
+
+    Returns:
+        A `finetune.mbd.unet.UnetConfig`.
+    """
+    from finetune.mbd.unet import UnetConfig
+
+    if size == "real":
+        return UnetConfig(codec_dim=128, transformer=True)  # 48 -> 192 -> 768 -> 3072 channels, ~468M per band
+    latent = encodec_config("tiny").codebook_dim
+    # 8 -> 16 -> 32 channels, stride 8: the bottleneck runs at 62.5 Hz, so its attention stays cheap on CPU.
+    return UnetConfig(hidden=8, depth=3, growth=2, stride=8, kernel=16, codec_dim=latent, transformer=True)
+
+
+def write_mbd(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write a random-init 4-band MBD as `OUT/mbd_musicgen_32khz.th` (the layout of `facebook/multiband-diffusion`).
+
+    The normalizers of bands 2 and 3 get the statistics of white noise (a near-identity normalization) so that the
+    file decodes; a trained file holds the statistics of its training audio.
+
+    Returns:
+        `out_dir`.
+    """
+    from finetune.mbd.decoder import BAND_PROCESSORS, MBD_FILENAME, BandConfig, BandModel, save_mbd
+    from finetune.mbd.processor import MultiBandProcessor
+
+    torch.manual_seed(seed)
+    bands = []
+    for index, processor in enumerate(BAND_PROCESSORS):
+        band = BandModel(BandConfig(band=index, unet=mbd_unet_config(size), processor=processor))
+        if isinstance(band.processor, MultiBandProcessor):
+            with torch.no_grad():
+                band.processor.project_sample(torch.randn(4, 1, 32_000))
+                scale = band.processor.num_samples / band.processor.counts.item()
+                for buffer in (band.processor.counts, band.processor.sum_x, band.processor.sum_x2,
+                               band.processor.sum_target_x2):
+                    buffer.mul_(scale)  # same means, counted as frozen
+        bands.append(band)
+    path = save_mbd(bands, Path(out_dir) / MBD_FILENAME)
+    print(f"{MBD:<24} {sum(count_params(b.unet) for b in bands):>13,} params  {path}")
+    return Path(out_dir)
+
+
 def tiny_models(
     out: str,
     *,
@@ -624,7 +673,7 @@ def tiny_models(
         out: output directory; each model goes to `out/<name>`.
         size: "tiny" (CPU-test sized) or "real" (the real architectures; several GB, combine with `only`).
         only: names to write, comma-separated (default all): encodec_32khz, htdemucs, musicgen-small,
-            musicgen-stereo-small, musicgen-melody, musicgen-stereo-melody.
+            musicgen-stereo-small, musicgen-melody, musicgen-stereo-melody, multiband-diffusion.
         seed: torch seed, reset before each model so any subset gives the same weights.
 
     Returns:
@@ -647,6 +696,8 @@ def tiny_models(
             write_encodec(path, size, seed)
         elif name == HTDEMUCS:
             write_htdemucs(path, size, seed)
+        elif name == MBD:
+            write_mbd(path, size, seed)
         else:
             write_musicgen(path, name, size, seed)
         written[name] = str(path)

@@ -71,7 +71,5 @@ def test_windows_past_30_seconds_advance_by_the_extend_stride(tiny_lm_dir: Path)
 def test_generate_rejects_bad_requests(tiny_lm_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         generate(model=str(tiny_lm_dir / "musicgen-small"), out=str(tmp_path))
-    with pytest.raises(ValueError, match="mbd"):
-        generate(model=str(tiny_lm_dir / "musicgen-small"), prompt="x", decoder="mbd", out=str(tmp_path))
     with pytest.raises(ValueError, match="melody model"):
         generate(model=str(tiny_lm_dir / "musicgen-small"), prompt="x", melody="x.wav", out=str(tmp_path))
