@@ -1,5 +1,5 @@
 # make demo: synthesize a licensed catalog, build tiny models, prep it, LoRA fine-tune a tiny stereo-melody MusicGen
-#            on it (CPU, a few minutes).
+#            on it, train the four bands of a tiny MBD, generate with both decoders (CPU, a few minutes).
 # make test: the whole test suite (unit, contract, end to end). Both create .venv and install everything first.
 SHELL := /bin/bash
 PY ?= python3
@@ -24,6 +24,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog --tracks 12 --seconds 20 --bad-files
 	$(BIN)/mgft tiny-models $(DEMO_DIR)/models
+	printf 'warm lo-fi piano with soft drums\nbright synth arpeggio over a slow bass line\n' > $(DEMO_DIR)/prompts.txt
 	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog --output $(DEMO_DIR)/shards \
 		--codec $(DEMO_DIR)/models/encodec_32khz --channels 2 --segment-seconds 10 \
 		--melody --demucs $(DEMO_DIR)/models/htdemucs --keep-audio
@@ -31,8 +32,18 @@ demo: install
 		--model.pretrained $(DEMO_DIR)/models/musicgen-stereo-melody \
 		--data.shards $(DEMO_DIR)/shards --data.val_shards $(DEMO_DIR)/shards \
 		--trainer.default_root_dir $(DEMO_DIR)/run
+	for band in 0 1 2 3; do HF_HUB_OFFLINE=1 $(BIN)/mgft mbd-fit --config recipes/tiny/mbd-band.yaml \
+		--model.codec $(DEMO_DIR)/models/encodec_32khz --model.band $$band --trainer.max_steps 20 \
+		--data.shards $(DEMO_DIR)/shards --data.val_shards $(DEMO_DIR)/shards \
+		--trainer.default_root_dir $(DEMO_DIR)/mbd/band$$band || exit 1; done
+	$(BIN)/mgft mbd-pack "$(DEMO_DIR)/mbd/band*/checkpoints/last.ckpt" --out $(DEMO_DIR)/mbd
+	for decoder in encodec mbd; do HF_HUB_OFFLINE=1 $(BIN)/mgft generate --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
+		--prompts $(DEMO_DIR)/prompts.txt --duration 3 --decoder $$decoder --mbd $(DEMO_DIR)/mbd \
+		--out $(DEMO_DIR)/samples/$$decoder || exit 1; done
 	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards"
 	@echo "demo: the fine-tune's config, checkpoints, samples (wav + spectrogram/chroma png) and offline wandb run are in $(DEMO_DIR)/run"
+	@echo "demo: the MBD band runs and the packed mbd_musicgen_32khz.th are in $(DEMO_DIR)/mbd"
+	@echo "demo: generated WAVs (EnCodec and MBD decoders) are in $(DEMO_DIR)/samples"
 
 test: install
 	$(BIN)/ruff check .

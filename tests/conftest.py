@@ -64,3 +64,19 @@ def stereo_melody_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_
     """2 s stereo segments with chroma."""
     return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "stereo-melody-shards", channels=2,
                  melody=True, demucs=str(tiny_models_dir / "htdemucs"))
+
+
+@pytest.fixture(scope="session")
+def audio_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
+    """2 s stereo segments with their 32 kHz audio kept (what MBD trains on)."""
+    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "audio-shards", channels=2, keep_audio=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_mbd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init 4-band MBD in the `facebook/multiband-diffusion` layout."""
+    from finetune.models.tiny import MBD, tiny_models
+
+    out = tmp_path_factory.mktemp("mbd")
+    tiny_models(str(out), only=[MBD])
+    return out / MBD

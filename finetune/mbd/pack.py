@@ -1,7 +1,7 @@
 """`mgft mbd-pack`: the band checkpoints of an MBD training run -> one `mbd_musicgen_32khz.th` file.
 
-    mgft mbd-pack runs/mbd-b0/checkpoints/last.ckpt runs/mbd-b1/checkpoints/last.ckpt \\
-        runs/mbd-b2/checkpoints/last.ckpt runs/mbd-b3/checkpoints/last.ckpt --out exports/mbd/mbd_musicgen_32khz.th
+    mgft mbd-pack "runs/mbd-band*/checkpoints/last.ckpt" --out exports/mbd/mbd_musicgen_32khz.th
+    mgft mbd-pack runs/b0/checkpoints/last.ckpt,runs/b1/checkpoints/last.ckpt,... --out exports/mbd
 
 Each band contributes its EMA weights (as audiocraft exports its EMA `best_state`) and its frozen normalizer
 statistics. The file has audiocraft's layout, so `mgft generate --decoder mbd --mbd FILE` and audiocraft's
@@ -10,17 +10,19 @@ statistics. The file has audiocraft's layout, so `mgft generate --decoder mbd --
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from finetune.mbd.decoder import MBD_FILENAME, save_mbd
 from finetune.mbd.processor import MultiBandProcessor
 
 
-def mbd_pack(checkpoints: list[str], *, out: str, trust_checkpoint: bool = False) -> str:
+def mbd_pack(checkpoints: str, *, out: str, trust_checkpoint: bool = False) -> str:
     """Pack trained band checkpoints (any order) into one MBD file.
 
     Args:
-        checkpoints: One mgft MBD checkpoint per band (`mgft mbd-fit` runs' `checkpoints/last.ckpt`).
+        checkpoints: One mgft MBD checkpoint per band (`mgft mbd-fit` runs' `checkpoints/last.ckpt`), comma-separated
+            or as a glob.
         out: The `.th` file to write, or a folder (the file is then `mbd_musicgen_32khz.th` in it).
         trust_checkpoint: Allow checkpoints that need arbitrary unpickling (never for files you did not make).
 
@@ -29,7 +31,10 @@ def mbd_pack(checkpoints: list[str], *, out: str, trust_checkpoint: bool = False
     """
     from finetune.mbd.module import MBDBand
 
-    modules = [MBDBand.from_checkpoint(path, trust_checkpoint) for path in checkpoints]
+    paths = [p for part in checkpoints.split(",") if part.strip() for p in sorted(glob.glob(part.strip()))]
+    if not paths:
+        raise FileNotFoundError(f"no checkpoint matches {checkpoints!r}")
+    modules = [MBDBand.from_checkpoint(path, trust_checkpoint) for path in paths]
     by_band = {m.band_cfg.band: m for m in modules}
     n_bands = {m.band_cfg.n_bands for m in modules}
     if len(n_bands) != 1:

@@ -36,10 +36,13 @@ def test_every_recipe_parses(capsys: pytest.CaptureFixture) -> None:
     recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
     assert len(recipes) >= 2
     for recipe in recipes:
-        header = recipe.read_text().splitlines()[:3]
-        assert header[0].startswith("#") and any("mgft fit" in line for line in header), recipe
+        lines = recipe.read_text().splitlines()
+        header = [line for line in lines[: next(i for i, x in enumerate(lines) if not x.startswith("#"))]]
+        assert header and any("Cost" in line for line in header), recipe  # the command and what it costs
+        command = "mbd-fit" if any("mgft mbd-fit" in line for line in header) else "fit"
+        assert any(f"mgft {command}" in line for line in header), recipe
         with pytest.raises(SystemExit) as e:
-            main(["fit", "--config", str(recipe), "--print_config"])
+            main([command, "--config", str(recipe), "--print_config"])
         assert e.value.code in (0, None), recipe
         assert "model:" in capsys.readouterr().out
 
