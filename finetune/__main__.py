@@ -9,7 +9,7 @@
     mgft export CKPT --out DIR [--format hf|audiocraft|both] [--adapter-only]
     mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] [--decoder mbd] --out DIR
     mgft mbd-fit --config recipes/mbd/band0.yaml --data.shards SHARDS   # one multi-band diffusion band
-    mgft mbd-pack "runs/mbd-band*/checkpoints/last.ckpt" --out exports/mbd
+    mgft mbd-pack "runs/mbd/band*/checkpoints/last.ckpt" --out exports/mbd
 
 One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
 mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` stays fast.

@@ -58,6 +58,21 @@ class MgftCLI(LightningCLI):
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
 
 
+def default_plugins() -> list[dict]:
+    """Atomic checkpoint writes; under SLURM, Lightning's SLURM environment without its own requeue handler.
+
+    Lightning's handler checkpoints inside the signal handler (possibly mid-backward); `PreemptionCheckpoint` in the
+    trainer configs does it at a step boundary instead (finetune/preemption.py).
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    plugins: list[dict] = [{"class_path": "finetune.checkpoint_io.AtomicCheckpointIO"}]
+    if SLURMEnvironment.detect():
+        plugins.append({"class_path": "lightning.pytorch.plugins.environments.SLURMEnvironment",
+                        "init_args": {"auto_requeue": False}})
+    return plugins
+
+
 def run(args: list[str]) -> None:
     """Run a Lightning subcommand (`fit`, `validate`, `mbd-fit`, `mbd-validate`) with `args` (subcommand first)."""
     # Frozen T5/EnCodec stay in eval mode on purpose (no dropout), which Lightning warns about.
@@ -73,7 +88,7 @@ def run(args: list[str]) -> None:
         model_class,
         data_class,
         args=args,
-        trainer_defaults={"plugins": [{"class_path": "finetune.checkpoint_io.AtomicCheckpointIO"}]},
+        trainer_defaults={"plugins": default_plugins()},
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"parser_mode": "yaml"},

@@ -1,4 +1,9 @@
-"""wandb by default, offline when no API key is configured (clusters without internet; `wandb sync` later)."""
+"""wandb by default, offline when no API key is configured (clusters without internet; `wandb sync` later).
+
+On SLURM every requeue segment is its own wandb run (offline runs cannot be resumed, and segments synced under one id
+overwrite each other), grouped by experiment (`MGFT_EXPERIMENT`, set by slurm/fit.sbatch to `<job name>-<job id>`)
+and named and tagged with `SLURM_RESTART_COUNT`; the logged `trainer/global_step` continues across segments.
+"""
 
 from __future__ import annotations
 
@@ -33,5 +38,11 @@ class Wandb(WandbLogger):
         """
         if offline is None:
             offline = os.environ.get("WANDB_MODE") in ("offline", "dryrun") or not _has_wandb_key()
+        experiment = os.environ.get("MGFT_EXPERIMENT")
+        if experiment and group is None:
+            group = experiment
+            restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+            name = name or f"{experiment}-restart{restart}"
+            tags = [*(tags or []), f"slurm-restart-{restart}"]
         super().__init__(project=project, name=name, group=group, save_dir=save_dir or ".", offline=offline, tags=tags,
                          log_model=log_model, **kwargs)

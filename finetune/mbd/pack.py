@@ -1,6 +1,6 @@
 """`mgft mbd-pack`: the band checkpoints of an MBD training run -> one `mbd_musicgen_32khz.th` file.
 
-    mgft mbd-pack "runs/mbd-band*/checkpoints/last.ckpt" --out exports/mbd/mbd_musicgen_32khz.th
+    mgft mbd-pack "runs/mbd/band*/checkpoints/last.ckpt" --out exports/mbd/mbd_musicgen_32khz.th
     mgft mbd-pack runs/b0/checkpoints/last.ckpt,runs/b1/checkpoints/last.ckpt,... --out exports/mbd
 
 Each band contributes its EMA weights (as audiocraft exports its EMA `best_state`) and its frozen normalizer

@@ -92,3 +92,16 @@ def wandb_history_keys(run_dir: Path) -> set[str]:
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
+
+
+class HangAt(L.Callback):
+    """Blocks forever after the given step, as a collective that one rank never joins would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        import time
+
+        while trainer.global_step >= self.step:
+            time.sleep(0.5)

@@ -1,4 +1,4 @@
-"""Training MBD bands with `mgft mbd-fit` on the prepped catalog, packing them, and decoding MusicGen tokens with them."""
+"""Training MBD bands with `mgft mbd-fit` on prepped audio, packing them, and decoding MusicGen tokens with them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""Preemption on SLURM: checkpoint at the next step boundary on every rank, then requeue the job.
+
+    #SBATCH --signal=USR1@90 --requeue        (slurm/fit.sbatch; the callback is in the GPU trainer configs)
+
+Lightning's own SLURM handler saves the checkpoint *inside* the signal handler, which can run mid-backward and
+never finish or write a torn file (Lightning #21406), and it writes a new `hpc_ckpt_N` per preemption (#6204). Here
+the handler only sets a flag. After the current optimizer step, the ranks agree (all-reduce: one rank's signal is
+enough), every rank takes part in writing `checkpoints/last.ckpt` (temporary name, fsync, rename: the trainer's
+`AtomicCheckpointIO`), rank 0 runs `scontrol requeue`, and the run stops. The requeued job starts the same command
+with `--ckpt_path last`, so it resumes from that checkpoint with the step count, optimizer, schedule, EMA and data
+stream position of the preempted run. `SLURM_RESTART_COUNT` bounds requeue loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def slurm_job_id() -> str | None:
+    """The id `scontrol requeue` takes: `ARRAYJOB_TASK` for an array task, else the job id (None off SLURM)."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On `signal_name`, checkpoint to `checkpoints/last.ckpt` at the next step boundary, requeue, and stop."""
+
+    def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, max_restarts: int = 100) -> None:
+        """Args:
+            signal_name: The signal SLURM sends before preemption or the time limit (`--signal=USR1@90`).
+            requeue: Run `scontrol requeue` after the checkpoint (when running under SLURM).
+            max_restarts: Do not requeue once `SLURM_RESTART_COUNT` reaches this (a job that keeps failing).
+        """
+        self.signum = signal.Signals[signal_name]
+        self.requeue = requeue
+        self.max_restarts = max_restarts
+        self.requested = False
+        self.saved_step: int | None = None
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        # Only a flag: the checkpoint is written from the training loop, never from inside the handler.
+        self.requested = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._previous = signal.signal(self.signum, self._handler)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        flag = torch.tensor(float(self.requested), device=pl_module.device)
+        if trainer.world_size > 1:  # one rank's signal stops every rank at the same step
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        if flag.item() == 0:
+            return
+        path = self._last_path(trainer)
+        trainer.save_checkpoint(path)  # collective: every rank calls it; written atomically
+        self.saved_step = trainer.global_step
+        log.warning("preemption signal: checkpoint at step %d written to %s", trainer.global_step, path)
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            self._requeue()
+
+    @staticmethod
+    def _last_path(trainer: L.Trainer) -> Path:
+        """`last.ckpt` in the ModelCheckpoint folder, registered as that callback's last checkpoint so the resumed
+        run keeps overwriting it (instead of starting `last-v1.ckpt`)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+        callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        if callbacks and callbacks[0].dirpath:
+            folder = Path(callbacks[0].dirpath)
+        path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        for cb in callbacks:
+            if cb.save_last and cb.dirpath and Path(cb.dirpath) == folder:
+                cb.last_model_path = str(path)
+        return path
+
+    def _requeue(self) -> None:
+        job = slurm_job_id()
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if not self.requeue or job is None:
+            return
+        if restarts >= self.max_restarts:
+            log.error("not requeueing job %s: it has restarted %d times (max_restarts)", job, restarts)
+            return
+        log.warning("requeueing SLURM job %s (restart %d)", job, restarts + 1)
+        subprocess.run(["scontrol", "requeue", job], check=False)

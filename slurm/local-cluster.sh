@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# A one-node SLURM cluster on this machine, for the tests and for trying the sbatch templates.
+#   bash slurm/local-cluster.sh start|stop|status
+# start: installs slurm-wlm and munge from Debian's packages when missing (needs root), writes a slurm.conf for one
+#        node with this machine's CPUs and memory, starts munged, slurmctld and slurmd, and waits until the node is
+#        idle. Idempotent: a running cluster is left as it is.
+# stop:  stops the three daemons.  status: sinfo and the queue.
+# Settings: MGFT_SLURM_DIR (state, logs, config; default /var/tmp/mgft-slurm). Exits non-zero when it cannot start.
+set -euo pipefail
+
+STATE_DIR=${MGFT_SLURM_DIR:-/var/tmp/mgft-slurm}
+CONF=/etc/slurm/slurm.conf
+HOST=$(hostname -s)
+
+log() { echo "local-cluster: $*" >&2; }
+
+install_packages() {
+  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+    return
+  fi
+  if [[ $(id -u) != 0 ]]; then
+    log "slurm-wlm and munge are missing and installing them needs root"; exit 1
+  fi
+  log "installing slurm-wlm and munge from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq slurm-wlm munge >/dev/null
+}
+
+write_config() {
+  local cpus mem
+  cpus=$(nproc)
+  mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+  mkdir -p /etc/slurm "$STATE_DIR"/{ctld,d,log}
+  cat > "$CONF" <<EOF
+# Written by slurm/local-cluster.sh: one node, no cgroups (containers), jobs may requeue themselves.
+ClusterName=mgft-local
+SlurmctldHost=$HOST
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+JobRequeue=1
+KillWait=10
+MinJobAge=600
+StateSaveLocation=$STATE_DIR/ctld
+SlurmdSpoolDir=$STATE_DIR/d
+SlurmctldPidFile=$STATE_DIR/slurmctld.pid
+SlurmdPidFile=$STATE_DIR/slurmd.pid
+SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
+SlurmdLogFile=$STATE_DIR/log/slurmd.log
+SlurmctldTimeout=30
+SlurmdTimeout=30
+NodeName=$HOST CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+}
+
+start_munge() {
+  if pgrep -x munged >/dev/null; then return; fi
+  mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
+  if [[ ! -s /etc/munge/munge.key ]]; then
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+  fi
+  chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge 2>/dev/null || true
+  chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
+  if id munge >/dev/null 2>&1; then
+    runuser -u munge -- /usr/sbin/munged
+  else
+    /usr/sbin/munged --force
+  fi
+}
+
+wait_idle() {
+  for _ in $(seq 1 60); do
+    state=$(sinfo -h -N -o '%T' 2>/dev/null | head -1 || true)
+    if [[ $state == idle* || $state == mixed* || $state == allocated* ]]; then
+      log "node $HOST is $state"; return 0
+    fi
+    if [[ $state == down* || $state == drain* ]]; then
+      scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    fi
+    sleep 1
+  done
+  log "the node did not become idle; see $STATE_DIR/log"; sinfo -N -l >&2 || true
+  tail -20 "$STATE_DIR"/log/*.log >&2 || true
+  return 1
+}
+
+start() {
+  install_packages
+  if pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && sinfo -h >/dev/null 2>&1; then
+    wait_idle; return
+  fi
+  write_config
+  start_munge
+  pgrep -x slurmctld >/dev/null || slurmctld -c   # -c: clear state from an earlier cluster
+  pgrep -x slurmd >/dev/null || slurmd
+  wait_idle
+}
+
+stop() {
+  scontrol shutdown >/dev/null 2>&1 || true
+  for daemon in slurmd slurmctld; do
+    pkill -x "$daemon" 2>/dev/null || true
+  done
+  pkill -x munged 2>/dev/null || true
+  log "stopped"
+}
+
+status() {
+  sinfo -N -l
+  squeue
+}
+
+case ${1:-} in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,162 @@
+"""The sbatch templates on a real SLURM (slurmctld + slurmd + munge from Debian, started here), and two simulated
+nodes over loopback. These tests fail, never skip, when SLURM cannot start: CI must run this tier."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.finetune.test_fit import SMALL, fit_args
+
+ROOT = Path(__file__).resolve().parents[2]
+MGFT = f"{sys.executable} -m finetune"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    started = subprocess.run(["bash", str(ROOT / "slurm" / "local-cluster.sh"), "start"], capture_output=True,
+                             text=True, timeout=900)
+    assert started.returncode == 0, f"the local SLURM cluster did not start:\n{started.stdout}\n{started.stderr}"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "PYTHONPATH": str(ROOT), "MGFT": MGFT, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **extra}
+
+
+def sbatch(*args: str, wait: bool = True, timeout: float = 600) -> str:
+    """Submit from the repository root; returns the job id (after the job ended when `wait`)."""
+    command = ["sbatch", "--parsable", "--chdir", str(ROOT), *(["--wait"] if wait else []), *args]
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout)
+    job = out.stdout.strip().split(";")[0]
+    assert job, out.stderr
+    if wait:
+        assert out.returncode == 0, f"job {job} failed: {out.stderr}\n{_job_info(job)}"
+    return job
+
+
+def _job_info(job: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+
+
+def _job_field(job: str, field: str) -> str:
+    match = re.search(rf"\b{field}=(\S+)", _job_info(job))
+    return match.group(1) if match else ""
+
+
+def _records(folder: Path, rank: int) -> list[dict]:
+    path = folder / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _fit_sbatch_args(tmp_path: Path, tiny_lm_dir: Path, shards: Path, steps: int, *extra: str) -> list[str]:
+    return [str(ROOT / "slurm" / "fit.sbatch"),
+            *fit_args(SMALL, tiny_lm_dir / "musicgen-small", shards, tmp_path / "run")[2:],
+            "--trainer.logger", "false", "--trainer.max_steps", str(steps), "--trainer.strategy", "ddp",
+            "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
+            "--trainer.callbacks.out_dir", str(tmp_path / "record"), *extra]
+
+
+@pytest.mark.slow
+def test_fit_sbatch_trains_with_two_ddp_tasks(slurm_cluster: None, tmp_path: Path, tiny_lm_dir: Path,
+                                              mono_shards: Path) -> None:
+    log = tmp_path / "job.out"
+    sbatch("--ntasks-per-node", "2", "--output", str(log),
+           *_fit_sbatch_args(tmp_path, tiny_lm_dir, mono_shards, 6))
+    rows = {r: _records(tmp_path / "record", r) for r in (0, 1)}
+    assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == list(range(1, 7)), log.read_text()[-3000:]
+    assert {x["world_size"] for x in rows[0] + rows[1]} == {2} and rows[0][0]["pid"] != rows[1][0]["pid"]
+    keys = [{k for x in rows[r] for k in x["keys"]} for r in (0, 1)]
+    assert keys[0].isdisjoint(keys[1])
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_usr1_checkpoints_requeues_and_resumes_without_losing_or_repeating_steps(
+        slurm_cluster: None, tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path) -> None:
+    log = tmp_path / "job.out"
+    steps = 20  # a multiple of the recipe's checkpoint interval, so last.ckpt ends at max_steps
+    job = sbatch("--ntasks-per-node", "2", "--output", str(log), *_fit_sbatch_args(
+        tmp_path, tiny_lm_dir, mono_shards, steps, "--trainer.callbacks+=tests.finetune.helpers.SlowSteps",
+        "--trainer.callbacks.seconds", "0.5"), wait=False)
+    deadline = time.monotonic() + 300
+    while len(_records(tmp_path / "record", 0)) < 4:  # let it train a few steps first
+        assert time.monotonic() < deadline, f"no progress:\n{log.read_text() if log.exists() else ''}"
+        assert _job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), _job_info(job)
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what SLURM sends before a preemption
+
+    while _job_field(job, "JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        assert time.monotonic() < deadline + 300, _job_info(job)
+        time.sleep(1)
+    text = log.read_text()
+    assert _job_field(job, "JobState") == "COMPLETED", text[-4000:]
+    assert _job_field(job, "Restarts") == "1", _job_info(job)
+    saved = re.findall(r"preemption signal: checkpoint at step (\d+)", text)
+    assert saved, text[-4000:]
+    preempted_at = int(saved[0])
+    for rank in (0, 1):
+        trained = [x["step"] for x in _records(tmp_path / "record", rank)]
+        # Every step exactly once across the two segments: none trained twice, none lost.
+        assert trained == list(range(1, steps + 1)), (rank, trained)
+        pids = [x["pid"] for x in _records(tmp_path / "record", rank)]
+        assert len(set(pids[:preempted_at])) == 1 and pids[preempted_at] != pids[0]  # a new process resumed
+    assert "restart 1" in text
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+
+
+@pytest.mark.slow
+def test_prep_array_of_two_equals_a_one_task_prep(slurm_cluster: None, tmp_path: Path, synth_catalog_dir: Path,
+                                                  tiny_models_dir: Path, mono_shards: Path) -> None:
+    from tests.data_prep.shard_reader import read_samples
+
+    out = tmp_path / "shards"
+    sbatch("--array", "0-1", "--output", str(tmp_path / "prep-%a.out"), str(ROOT / "slurm" / "prep.sbatch"),
+           "--input", str(synth_catalog_dir), "--output", str(out), "--codec", str(tiny_models_dir / "encodec_32khz"),
+           "--segment-seconds", "2", "--shard-max-samples", "6", "--batch-size", "8", "--channels", "1")
+    logs = " ".join(p.read_text() for p in tmp_path.glob("prep-*.out"))
+    assert "array task 0 of 2" in logs and "array task 1 of 2" in logs, logs
+    # mono_shards is the same catalog prepped by one task with the same settings.
+    ours, reference = read_samples(out), read_samples(mono_shards)
+    assert sorted(ours) == sorted(reference)
+    for key, sample in reference.items():
+        assert (ours[key]["codes"] == sample["codes"]).all(), key
+    assert json.loads((out / "stats.json").read_text())["segments"] == len(reference)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_train_with_node_disjoint_data(tmp_path: Path, tiny_lm_dir: Path,
+                                                           mono_shards: Path) -> None:
+    port = str(_free_port())
+    args = [*fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "run"),
+            "--trainer.logger", "false", "--trainer.max_steps", "4", "--trainer.num_nodes", "2",
+            "--trainer.devices", "1", "--trainer.strategy", "ddp",
+            "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
+            "--trainer.callbacks.out_dir", str(tmp_path / "record")]
+    nodes = [subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(rank),
+                                       LOCAL_RANK="0"))
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    rows = {r: _records(tmp_path / "record", r) for r in (0, 1)}
+    assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == [1, 2, 3, 4]
+    assert {x["world_size"] for x in rows[0] + rows[1]} == {2}
+    keys = [{k for x in rows[r] for k in x["keys"]} for r in (0, 1)]
+    assert keys[0] and keys[1] and keys[0].isdisjoint(keys[1])
