@@ -1,5 +1,6 @@
 # make demo: synthesize a licensed catalog, build tiny models, prep it, LoRA fine-tune a tiny stereo-melody MusicGen
-#            on it, train the four bands of a tiny MBD, generate with both decoders (CPU, a few minutes).
+#            on it, train the four bands of a tiny MBD, generate with both decoders, evaluate against the base model
+#            (CPU, a few minutes).
 # make test: the whole test suite (unit, contract, end to end). Both create .venv and install everything first.
 SHELL := /bin/bash
 PY ?= python3
@@ -40,10 +41,14 @@ demo: install
 	for decoder in encodec mbd; do HF_HUB_OFFLINE=1 $(BIN)/mgft generate --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
 		--prompts $(DEMO_DIR)/prompts.txt --duration 3 --decoder $$decoder --mbd $(DEMO_DIR)/mbd \
 		--out $(DEMO_DIR)/samples/$$decoder || exit 1; done
+	HF_HUB_OFFLINE=1 $(BIN)/mgft eval --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
+		--baseline $(DEMO_DIR)/models/musicgen-stereo-melody --data.shards $(DEMO_DIR)/shards \
+		--num-samples 4 --out $(DEMO_DIR)/report
 	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards"
 	@echo "demo: the fine-tune's config, checkpoints, samples (wav + spectrogram/chroma png) and offline wandb run are in $(DEMO_DIR)/run"
 	@echo "demo: the MBD band runs and the packed mbd_musicgen_32khz.th are in $(DEMO_DIR)/mbd"
 	@echo "demo: generated WAVs (EnCodec and MBD decoders) are in $(DEMO_DIR)/samples"
+	@echo "demo: the evaluation against the base model: $(DEMO_DIR)/report/report.html (metrics.json beside it)"
 
 test: install
 	$(BIN)/ruff check .

@@ -8,6 +8,8 @@
     mgft validate --config RECIPE --ckpt_path CKPT
     mgft export CKPT --out DIR [--format hf|audiocraft|both] [--adapter-only]
     mgft generate --model DIR_OR_CKPT --prompt TEXT [--melody AUDIO] [--duration 40] [--decoder mbd] --out DIR
+    mgft eval --model runs/x/checkpoints/last.ckpt --baseline facebook/musicgen-small --data.shards VAL --out DIR
+    mgft plan --config recipes/musicgen-medium/lora-24gb.yaml [--gpus 8 --gpu-mem 80]
     mgft mbd-fit --config recipes/mbd/band0.yaml --data.shards SHARDS   # one multi-band diffusion band
     mgft mbd-pack "runs/mbd/band*/checkpoints/last.ckpt" --out exports/mbd
 
@@ -31,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "generate": "finetune.generate:generate",
     "export": "finetune.export:export",
     "mbd-pack": "finetune.mbd.pack:mbd_pack",
+    "eval": "finetune.eval:evaluate",
+    "plan": "finetune.plan:plan",
 }
 
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in COMMANDS:
         # Only the chosen command's module is imported (torch, transformers and demucs are slow to import).
         fn = _load(COMMANDS[args[0]])
+        if args[0] == "plan":  # `--config` is jsonargparse's own option (a file of arguments); plan's is the recipe
+            args = [args[0], *("--recipe" if a == "--config" else a for a in args[1:])]
         CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
         return
     # `mgft`, `mgft -h` or an unknown command: build the full parser so help and errors list every command.

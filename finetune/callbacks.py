@@ -6,6 +6,7 @@ logs them to wandb as `samples/audio`, `samples/spectrogram` and `samples/chroma
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,38 @@ class SampleGenerator(L.Callback):
                     "samples/chroma": [wandb.Image(str(c), caption=p) for p, _, _, c in rows],
                     "trainer/global_step": trainer.global_step,
                 })
+
+
+class MetricsHistory(L.Callback):
+    """Append the logged train and validation metrics to `metrics.jsonl` in the run folder (rank 0).
+
+    A plain local record of the curves, whatever the logger: `mgft eval` plots it in its report, and it survives
+    requeues (each segment appends, steps continue), which offline wandb runs do not merge.
+    """
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        """Args:
+            every_n_steps: Write the train metrics every this many optimizer steps (validation: every time).
+        """
+        self.every_n_steps = every_n_steps
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
+        row: dict[str, float] = {"step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(prefixes) and isinstance(value, torch.Tensor) and value.numel() == 1:
+                row[key] = float(value)
+        if len(row) > 1:
+            path = Path(trainer.default_root_dir) / "metrics.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._write(trainer, ("train/",))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, ("val/",))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -73,6 +74,50 @@ def default_plugins() -> list[dict]:
     return plugins
 
 
+def expand_recipe(path: str) -> list[str]:
+    """Arguments equivalent to `--config path` for a recipe that mixes fragment includes and dotted overrides.
+
+    Recipes say `trainer: ../../configs/trainer/gpu-bf16.yaml` and then `trainer.devices: 8`. Inside one YAML file
+    jsonargparse drops the included fragment when a dotted key of the same group follows, so such a recipe becomes
+    `--trainer FRAGMENT --config REST.yaml --trainer.devices 8`: includes first, then the nested sections, then the
+    dotted overrides, which is the order a reader of the recipe expects.
+    """
+    import json
+    import tempfile
+
+    import yaml
+
+    recipe = Path(path)
+    raw = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
+    if not isinstance(raw, dict) or not any("." in str(key) for key in raw):
+        return ["--config", path]
+    includes, nested, dotted = [], {}, []
+    for key, value in raw.items():
+        if "." in str(key):
+            dotted += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        elif isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            includes += [f"--{key}", str((recipe.parent / value).resolve())]
+        else:
+            nested[key] = value
+    rest = tempfile.NamedTemporaryFile("w", suffix=f"-{recipe.stem}.yaml", delete=False)
+    with rest:
+        yaml.safe_dump(nested, rest)
+    return [*includes, "--config", rest.name, *dotted]
+
+
+def _expand_configs(args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--config" and i + 1 < len(args):
+            out += expand_recipe(args[i + 1])
+            i += 2
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
 def run(args: list[str]) -> None:
     """Run a Lightning subcommand (`fit`, `validate`, `mbd-fit`, `mbd-validate`) with `args` (subcommand first)."""
     # Frozen T5/EnCodec stay in eval mode on purpose (no dropout), which Lightning warns about.
@@ -84,6 +129,7 @@ def run(args: list[str]) -> None:
         model_class, data_class, args = MBDBand, MBDData, [args[0].removeprefix("mbd-"), *args[1:]]
     else:
         model_class, data_class = MusicGenLM, MusicGenData
+    args = _expand_configs(args)
     MgftCLI(
         model_class,
         data_class,

@@ -286,7 +286,8 @@ class MusicGenLM(L.LightningModule):
         # Token-weighted sums so the epoch's CE is the mean over every valid token, whatever the batch sizes.
         logp = torch.log_softmax(logits.float(), dim=-1)
         nll = -logp.gather(-1, batch["codes"].unsqueeze(-1)).squeeze(-1)  # [B, K, T]
-        sums = torch.stack([(nll * mask).sum(dim=(0, 2)), mask.sum(dim=(0, 2)).float()])  # [2, K]
+        nll = torch.where(mask.bool(), nll, 0.0)  # aligned logits are NaN where the pattern has no prediction
+        sums = torch.stack([nll.sum(dim=(0, 2)), mask.sum(dim=(0, 2)).float()])  # [2, K]
         self._val_sums = sums if self._val_sums is None else self._val_sums + sums
 
     def on_validation_epoch_start(self) -> None:

@@ -68,8 +68,9 @@ def stereo_melody_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_
 
 @pytest.fixture(scope="session")
 def audio_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
-    """2 s stereo segments with their 32 kHz audio kept (what MBD trains on)."""
-    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "audio-shards", channels=2, keep_audio=True)
+    """2 s stereo segments with chroma and their 32 kHz audio kept (what MBD trains on and eval compares with)."""
+    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "audio-shards", channels=2, keep_audio=True,
+                 melody=True, demucs=str(tiny_models_dir / "htdemucs"))
 
 
 @pytest.fixture(scope="session")
