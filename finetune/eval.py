@@ -177,10 +177,9 @@ def write_samples(folder: Path, audio: torch.Tensor, captions: list[str], chroma
     return rows
 
 
-def evaluate_model(name: str, path: str, data: EvalData, held: HeldOut, embedder, out: Path, *, decoder: str,
-                   mbd: str, seed: int, batch_size: int, top_k: int, cfg: float, trust_checkpoint: bool) -> dict:
-    """Every metric of one model, and its sample rows."""
-    module = load_module(path, trust_checkpoint)
+def evaluate_model(name: str, path: str, module, data: EvalData, held: HeldOut, embedder, out: Path, *,
+                   decoder: str, mbd: str, seed: int, batch_size: int, top_k: int, cfg: float) -> dict:
+    """Every metric of one model (loaded from `path`), and its sample rows."""
     metrics: dict[str, Any] = {"model": path, **codebook_cross_entropy(module, data)}
     generated = generate_for(module, held, decoder=decoder, mbd=mbd, seed=seed, batch_size=batch_size, top_k=top_k,
                              cfg=cfg)
@@ -240,16 +239,16 @@ def evaluate(
         raise ValueError("--embedder clap needs --clap PATH (a local transformers CLAP checkpoint)")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference_module = load_module(model, trust_checkpoint)
-    codec = reference_module.model.audio_encoder
+    module = load_module(model, trust_checkpoint)
+    codec = module.model.audio_encoder  # frozen, so the fine-tune's EnCodec is the base model's
     held = held_out(data.shards, num_samples, codec)
     chooser = ClapEmbedder(clap) if embedder == "clap" else EncodecEmbedder(codec)
-    del reference_module
-    common = {"decoder": decoder, "mbd": mbd, "seed": seed, "batch_size": batch_size, "top_k": top_k, "cfg": cfg,
-              "trust_checkpoint": trust_checkpoint}
-    results = {"model": evaluate_model("model", model, data, held, chooser, out_dir, **common)}
+    common = {"decoder": decoder, "mbd": mbd, "seed": seed, "batch_size": batch_size, "top_k": top_k, "cfg": cfg}
+    results = {"model": evaluate_model("model", model, module, data, held, chooser, out_dir, **common)}
+    del module
     if baseline is not None:
-        results["baseline"] = evaluate_model("baseline", baseline, data, held, chooser, out_dir, **common)
+        base = load_module(baseline, trust_checkpoint)
+        results["baseline"] = evaluate_model("baseline", baseline, base, data, held, chooser, out_dir, **common)
     reference_rows = write_samples(out_dir / "samples" / "reference", held.audio, held.captions, held.chroma)
 
     if run_dir is None and model.endswith(".ckpt"):

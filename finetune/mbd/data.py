@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -89,6 +89,19 @@ class AudioCrops(IterableDataset):
                     yield buffer.pop(rng.randrange(len(buffer)))
 
 
+class CropLoader(wds.WebLoader):
+    """Batches crops; before each epoch's workers start, it sets the stream's epoch, so every epoch draws new crops
+    and a resumed run continues with the epochs after the restored step."""
+
+    def __init__(self, dataset: AudioCrops, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.crops, self.epoch_fn = dataset, epoch_fn
+
+    def __iter__(self) -> Iterator[Any]:
+        self.crops.epoch = self.epoch_fn()  # workers copy the dataset with this value
+        return super().__iter__()
+
+
 class MBDData(L.LightningDataModule):
     """Shards written with `--keep-audio` -> batches of mono 1 s crops `[B, 1, 32000]`."""
 
@@ -121,8 +134,8 @@ class MBDData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = AudioCrops(resolve_shards(self.shards), self.samples, self.seed, self._epoch(), train=True,
                              shuffle_buffer=self.shuffle_buffer)
-        loader = wds.WebLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                               persistent_workers=False)
+        loader = CropLoader(dataset, self._epoch, batch_size=self.batch_size, num_workers=self.num_workers,
+                            persistent_workers=False)
         return loader.with_epoch(self.steps_per_epoch).with_length(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader | list[Any]:
