@@ -52,7 +52,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=10
 
 lint: install
 	$(BIN)/ruff check .

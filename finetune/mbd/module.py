@@ -129,8 +129,7 @@ class MBDBand(L.LightningModule):
         return F.mse_loss(estimate, noise, reduction="none").mean(dim=(1, 2)), step
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        self.model.processor.train()  # statistics gather only while training
-        loss, _ = self.losses(batch)
+        loss, _ = self.losses(batch)  # the normalizer gathers its statistics here (train mode) until frozen
         loss = loss.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.shape[0])
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch.shape[0])
@@ -150,10 +149,7 @@ class MBDBand(L.LightningModule):
         # A fixed generator per batch: every validation pass draws the same steps and noise.
         state = self.generator.get_state()
         self.generator.manual_seed(self.hparams.seed + 1 + batch_idx)
-        frozen = self.model.processor.training
-        self.model.processor.eval()
-        loss, step = self.losses(batch)
-        self.model.processor.train(frozen)
+        loss, step = self.losses(batch)  # eval mode: the normalizer's statistics stay as they are
         self.generator.set_state(state)
         if batch_idx == 0:
             self._sample_audio = batch[: self.hparams.sample_items]
@@ -183,11 +179,8 @@ class MBDBand(L.LightningModule):
         """This band of `audio` `[B, 1, N]` regenerated from its EnCodec latent with the 20-step sampler."""
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn(audio.shape, generator=generator).to(audio.device)
-        frozen = self.model.processor.training
-        self.model.processor.eval()
-        out = self.model.schedule.generate_subsampled(self.model.eps, noise, self.condition(audio), generator=generator)
-        self.model.processor.train(frozen)
-        return out
+        return self.model.schedule.generate_subsampled(self.model.eps, noise, self.condition(audio),
+                                                       generator=generator)
 
     def log_samples(self, audio: torch.Tensor) -> None:
         """Write reference band vs regenerated band (wav + spectrogram) under `samples/`, and to wandb."""

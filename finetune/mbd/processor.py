@@ -7,8 +7,8 @@ rescaled towards the power of white noise in that band, to the power `power_std`
     return_sample(z)  = sum_b band_b(z) * (std_b / target_std_b) ** power_std + mean_b
 
 `target_std` is a mean *square* (no square root) in audiocraft; it is kept that way so released statistics mean the
-same thing here. The statistics accumulate over the first `num_samples` training items and are then frozen; they are
-buffers, saved in checkpoints and in the MBD file's `processor_state`.
+same thing here. The statistics accumulate over the first `num_samples` training items (in train mode) and are then
+frozen; they are buffers, saved in checkpoints and in the MBD file's `processor_state`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class MultiBandProcessor(SampleProcessor):
 
     def project_sample(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, N]
         bands = self.split_bands(x)  # [n_bands, B, C, N]
-        if not self.frozen:
+        if self.training and not self.frozen:  # training items only (audiocraft also counts validation items)
             reference = self.split_bands(torch.randn_like(x))
             self.counts += len(x)
             self.sum_x += bands.mean(dim=(2, 3)).sum(dim=1)
