@@ -18,7 +18,7 @@ HISTORY_FILE = "metrics.jsonl"
 
 def loss_history(run_dir: Path) -> list[dict[str, float]]:
     """Rows `{"step": n, "<metric>": value, ...}` from a run's `metrics.jsonl` (written by `MetricsHistory`)."""
-    path = run_dir / HISTORY_FILE
+    path = run_dir / HISTORY_FILE  # written by finetune.callbacks.MetricsHistory
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -32,7 +32,6 @@ from finetune.mbd.processor import MultiBandProcessor, ProcessorConfig, SamplePr
 from finetune.mbd.schedule import NoiseSchedule, ScheduleConfig
 from finetune.mbd.unet import DiffusionUnet, UnetConfig
 
-MBD_HUB_ID = "facebook/multiband-diffusion"
 MBD_FILENAME = "mbd_musicgen_32khz.th"
 N_BANDS = 4
 RE_EQ_BANDS = 32

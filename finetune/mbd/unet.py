@@ -15,7 +15,6 @@ Key names (`encoders.{i}.conv.weight`, `embeddings.{i}.weight`, `conv_codec.weig
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -233,10 +232,6 @@ class DiffusionUnet(nn.Module):
         self.transformer = Transformer(chin, cross_attention=cfg.cross_attention) if cfg.transformer else None
         self.conv_codec = nn.Conv1d(cfg.codec_dim, chin, 1) if cfg.codec_dim is not None else None
 
-    @property
-    def downsampling(self) -> int:
-        return self.cfg.stride**self.cfg.depth
-
     def forward(self, x: torch.Tensor, step: int | torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise `[B, C, N]` for noisy audio `x` `[B, C, N]` at `step` (int or `[B]`).
 
@@ -285,10 +280,3 @@ def count_parameters(model: nn.Module) -> int:
     """Number of parameters (for the bench and the model cards)."""
     return sum(p.numel() for p in model.parameters())
 
-
-def bottleneck_frames(samples: int, cfg: UnetConfig) -> int:
-    """Bottleneck length for `samples` input samples (each encoder pads to a stride multiple)."""
-    n = samples
-    for _ in range(cfg.depth):
-        n = math.ceil(n / cfg.stride)
-    return n
