@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file under a temporary name, fsync, and rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a whole file under a temporary name, fsync, and rename it into place.
+
+    The temporary name is unique per process and call: array tasks that start (or finish and merge) together write
+    the same files, and a shared temporary name lets one task rename the other's file away mid-write.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

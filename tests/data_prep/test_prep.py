@@ -332,3 +332,28 @@ def test_rank_defaults_come_from_slurm_array(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_rank(0, 1) == (0, 1)
     with pytest.raises(ValueError):
         resolve_rank(4, 4)
+
+
+def test_concurrent_atomic_writes_of_one_file_do_not_collide(tmp_path: Path) -> None:
+    """Two array tasks writing prep_config.json (or merging) at the same moment must both succeed."""
+    import threading
+
+    from data_prep.shards import atomic_write_text
+
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(200):
+                atomic_write_text(tmp_path / "prep_config.json", text)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(f'{{"rank": {r}}}',)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert (tmp_path / "prep_config.json").read_text() in ('{"rank": 0}', '{"rank": 1}')
+    assert not list(tmp_path.glob("*.tmp"))
