@@ -12,6 +12,7 @@ config is saved as `config.yaml` in the run folder.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -74,16 +75,15 @@ def default_plugins() -> list[dict]:
     return plugins
 
 
-def expand_recipe(path: str) -> list[str]:
+def expand_recipe(path: str, scratch: Path) -> list[str]:
     """Arguments equivalent to `--config path` for a recipe that mixes fragment includes and dotted overrides.
 
     Recipes say `trainer: ../../configs/trainer/gpu-bf16.yaml` and then `trainer.devices: 8`. Inside one YAML file
     jsonargparse drops the included fragment when a dotted key of the same group follows, so such a recipe becomes
     `--trainer FRAGMENT --config REST.yaml --trainer.devices 8`: includes first, then the nested sections, then the
-    dotted overrides, which is the order a reader of the recipe expects.
+    dotted overrides, which is the order a reader of the recipe expects. REST.yaml is written into `scratch`.
     """
     import json
-    import tempfile
 
     import yaml
 
@@ -99,18 +99,17 @@ def expand_recipe(path: str) -> list[str]:
             includes += [f"--{key}", str((recipe.parent / value).resolve())]
         else:
             nested[key] = value
-    rest = tempfile.NamedTemporaryFile("w", suffix=f"-{recipe.stem}.yaml", delete=False)
-    with rest:
-        yaml.safe_dump(nested, rest)
-    return [*includes, "--config", rest.name, *dotted]
+    rest = scratch / f"{len(list(scratch.iterdir()))}-{recipe.stem}.yaml"
+    rest.write_text(yaml.safe_dump(nested))
+    return [*includes, "--config", str(rest), *dotted]
 
 
-def _expand_configs(args: list[str]) -> list[str]:
+def _expand_configs(args: list[str], scratch: Path) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(args):
         if args[i] == "--config" and i + 1 < len(args):
-            out += expand_recipe(args[i + 1])
+            out += expand_recipe(args[i + 1], scratch)
             i += 2
         else:
             out.append(args[i])
@@ -129,13 +128,14 @@ def run(args: list[str]) -> None:
         model_class, data_class, args = MBDBand, MBDData, [args[0].removeprefix("mbd-"), *args[1:]]
     else:
         model_class, data_class = MusicGenLM, MusicGenData
-    args = _expand_configs(args)
-    MgftCLI(
-        model_class,
-        data_class,
-        args=args,
-        trainer_defaults={"plugins": default_plugins()},
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        parser_kwargs={"parser_mode": "yaml"},
-    )
+    # The expanded recipe parts are parsed before anything runs; the run folder gets the resolved config.yaml.
+    with tempfile.TemporaryDirectory(prefix="mgft-recipe-") as scratch:
+        MgftCLI(
+            model_class,
+            data_class,
+            args=_expand_configs(args, Path(scratch)),
+            trainer_defaults={"plugins": default_plugins()},
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"parser_mode": "yaml"},
+        )

@@ -107,7 +107,7 @@ def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
             wav = torch.from_numpy(wav.T.copy())  # [C, n]
         else:  # no audio kept at prep: the EnCodec resynthesis of the codes is the reference
             codes = torch.from_numpy(np.load(io.BytesIO(sample[CODES_KEY])).astype(np.int64))[None]
-            wav = decode_codes(_CodecHolder(codec), codes)[0, :, : round(seconds * SAMPLE_RATE)]
+            wav = decode_codes(codec, codes)[0, :, : round(seconds * SAMPLE_RATE)]
         keys.append(sample["__key__"])
         captions.append(info.get("caption") or "")
         audio.append(wav)
@@ -127,13 +127,6 @@ def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
     return HeldOut(keys, captions, stacked, melodies, frames / FRAME_RATE)
 
 
-class _CodecHolder:
-    """`decode_codes` takes a model with `.audio_encoder`."""
-
-    def __init__(self, codec: torch.nn.Module) -> None:
-        self.audio_encoder = codec
-
-
 def generate_for(module, held: HeldOut, *, decoder: str, mbd: str, seed: int, batch_size: int, top_k: int,
                  cfg: float) -> torch.Tensor:
     """Audio `[N, C, samples]` generated from the held-out captions (and melodies for a melody model)."""
@@ -150,7 +143,10 @@ def generate_for(module, held: HeldOut, *, decoder: str, mbd: str, seed: int, ba
         captions = held.captions[start : start + batch_size]
         chroma = held.chroma[start : start + batch_size] if module.is_melody and held.chroma is not None else None
         codes = generate_codes(sampler, captions, held.seconds, chroma, progress=False)
-        wav = diffusion.tokens_to_wav(codes, seed=seed) if diffusion is not None else decode_codes(module.model, codes)
+        if diffusion is not None:
+            wav = diffusion.tokens_to_wav(codes, seed=seed)
+        else:
+            wav = decode_codes(module.model.audio_encoder, codes)
         pieces.append(wav.float().cpu())
     audio = torch.cat(pieces)[..., : held.audio.shape[-1]]
     if audio.shape[1] != held.audio.shape[1]:  # compare like with like: a mono model against stereo references

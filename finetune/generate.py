@@ -124,9 +124,13 @@ class Sampler:
 
 
 @torch.no_grad()
-def decode_codes(model, codes: torch.Tensor) -> torch.Tensor:
-    """EnCodec decode of `[B, K, T]` codes to `[B, C, samples]`; stereo decodes L (even) and R (odd) separately."""
-    codec = model.audio_encoder
+def decode_codes(codec, codes: torch.Tensor) -> torch.Tensor:
+    """EnCodec decode of `[B, K, T]` codes to `[B, C, samples]`; stereo decodes L (even) and R (odd) separately.
+
+    Args:
+        codec: transformers' `EncodecModel` (a MusicGen's `audio_encoder`).
+        codes: `[B, 4, T]` mono or `[B, 8, T]` interleaved stereo codes.
+    """
     if codes.shape[1] == 8:
         left = codec.decode(codes[:, 0::2][None], [None]).audio_values
         right = codec.decode(codes[:, 1::2][None], [None]).audio_values
@@ -241,7 +245,7 @@ def generate(
         if diffusion is not None:
             audio = diffusion.tokens_to_wav(codes, seed=seed + start).float().cpu().numpy()  # [B, C, N]
         else:
-            audio = decode_codes(lm, codes).float().cpu().numpy()
+            audio = decode_codes(lm.audio_encoder, codes).float().cpu().numpy()
         for i, wav in enumerate(audio):
             path = out_dir / f"{start + i:04d}.wav"
             sf.write(path, np.clip(wav.T, -1, 1), SAMPLE_RATE)

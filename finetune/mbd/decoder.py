@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from data_prep.schema import HOP_LENGTH, SAMPLE_RATE
+from finetune.generate import decode_codes
 from finetune.mbd.processor import MultiBandProcessor, ProcessorConfig, SampleProcessor, build_processor
 from finetune.mbd.schedule import NoiseSchedule, ScheduleConfig
 from finetune.mbd.unet import DiffusionUnet, UnetConfig
@@ -123,12 +124,6 @@ def codec_latent(codec: nn.Module, codes: torch.Tensor) -> torch.Tensor:
     return codec.quantizer.decode(codes.transpose(0, 1))  # transformers' quantizer wants [K, B, T]
 
 
-@torch.no_grad()
-def encodec_decode(codec: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """Plain EnCodec decode of mono codes `[B, K, T]` -> `[B, 1, T * 640]`."""
-    return codec.decode(codes[None], [None]).audio_values
-
-
 def re_eq(wav: torch.Tensor, ref: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_bands: int = RE_EQ_BANDS,
           strictness: float = 1.0) -> torch.Tensor:
     """Scale each of `n_bands` mel bands of `wav` to the standard deviation of the same band of `ref`.
@@ -168,7 +163,7 @@ class MultiBandDiffusion(nn.Module):
         b, k, t = codes.shape
         stereo = k == 8
         mono = torch.cat([codes[:, 0::2], codes[:, 1::2]]) if stereo else codes  # [2B, 4, T]: left then right
-        reference = encodec_decode(self.codec, mono)  # [B', 1, N]
+        reference = decode_codes(self.codec, mono)  # [B', 1, N]: the plain EnCodec decode, the EQ reference
         latent = codec_latent(self.codec, mono)
         generator = torch.Generator().manual_seed(seed)
         size = torch.Size([mono.shape[0], 1, t * HOP_LENGTH])

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.mbd.decoder import MBD_FILENAME, encodec_decode, load_bands, load_mbd, re_eq, save_mbd
+from finetune.generate import decode_codes
+from finetune.mbd.decoder import MBD_FILENAME, load_bands, load_mbd, re_eq, save_mbd
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_stereo_tokens_decode_to_two_channels_of_the_encodec_length(tiny_mbd_dir
     mbd = load_mbd(str(tiny_mbd_dir), codec)
     codes = torch.randint(0, 2048, (2, 8, 15))  # [B, K, T] interleaved L0, R0, L1, R1, ...
     wav = mbd.tokens_to_wav(codes, seed=0)
-    left = encodec_decode(codec, codes[:, 0::2])
+    left = decode_codes(codec, codes[:, 0::2])
     assert wav.shape == (2, 2, left.shape[-1]) and torch.isfinite(wav).all()
     torch.testing.assert_close(wav, mbd.tokens_to_wav(codes, seed=0))  # seeded: reproducible
     mono = mbd.tokens_to_wav(codes[:, 0::2], seed=0)
