@@ -71,6 +71,13 @@ LEADS: dict[str, tuple[str, str]] = {
     "fm": ("an FM bell lead", "fm synth"),
 }
 PADS: dict[str, tuple[str, str]] = {"sine": ("a soft sine pad", "sine pad"), "saw": ("a warm saw pad", "saw pad")}
+STYLES: dict[str, dict[str, Any]] = {
+    "bright": {"mode": "major", "lead": "pluck", "pad": "sine", "drums": True},
+    "dark": {"mode": "minor", "lead": "fm", "pad": "saw", "drums": False},
+}
+"""Named styles: each fixes the mode and the instruments, so two styles sound (and tokenize) clearly apart. The demo
+pretrains its base model on one style and fine-tunes it on the other; tempo, key, melody and stereo placement still
+vary within a style."""
 
 # (soundfile format, subtype, suffix) cycled by track index so every format appears once tracks >= 4.
 FORMATS = (("FLAC", "PCM_16", ".flac"), ("WAV", "PCM_16", ".wav"), ("OGG", "VORBIS", ".ogg"), ("WAV", "PCM_24", ".wav"))
@@ -172,13 +179,15 @@ class TrackSpec:
         return names + ["drums"] if self.drums else names
 
 
-def plan_catalog(tracks: int, seconds: float, seed: int = 0) -> list[TrackSpec]:
+def plan_catalog(tracks: int, seconds: float, seed: int = 0, style: str | None = None) -> list[TrackSpec]:
     """Draw the parameters of every track of a catalog, deterministically from `seed`.
 
     Args:
         tracks: Number of tracks.
         seconds: Mean duration; each track lasts between 0.6 and 1.4 times this.
         seed: Seed of `numpy.random.default_rng`.
+        style: A key of `STYLES` to fix mode and instruments (None: every track draws its own). The random draws
+            are the same either way, so a style only overrides what it names.
 
     Returns:
         One `TrackSpec` per track, in catalog order.
@@ -187,15 +196,21 @@ def plan_catalog(tracks: int, seconds: float, seed: int = 0) -> list[TrackSpec]:
         raise ValueError(f"tracks must be >= 1, got {tracks}")
     if seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
+    if style is not None and style not in STYLES:
+        raise ValueError(f"style must be one of {sorted(STYLES)}, got {style!r}")
     rng = np.random.default_rng(seed)
     # Stratified draws so any catalog of 2+ tracks has tracks both shorter and longer than `seconds`.
     fractions = rng.permutation((np.arange(tracks) + rng.uniform(size=tracks)) / tracks)
-    return [_plan_track(rng, i, seconds * (0.6 + 0.8 * fractions[i])) for i in range(tracks)]
+    fixed = STYLES[style] if style is not None else {}
+    return [_plan_track(rng, i, seconds * (0.6 + 0.8 * fractions[i]), fixed) for i in range(tracks)]
 
 
-def _plan_track(rng: np.random.Generator, index: int, duration: float) -> TrackSpec:
-    """Draw one track's musical parameters; layout (format, rate, channels, tags) follows from its index."""
-    mode = str(rng.choice(["major", "minor"]))
+def _plan_track(rng: np.random.Generator, index: int, duration: float, fixed: dict[str, Any]) -> TrackSpec:
+    """Draw one track's musical parameters; layout (format, rate, channels, tags) follows from its index.
+
+    `fixed` (a style) overrides drawn values after they are drawn, so the rest of the stream does not move.
+    """
+    mode = fixed.get("mode", str(rng.choice(["major", "minor"])))
     progressions = PROGRESSIONS[mode]
     title = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
     fmt, subtype, suffix = FORMATS[index % len(FORMATS)]
@@ -210,9 +225,9 @@ def _plan_track(rng: np.random.Generator, index: int, duration: float) -> TrackS
         tonic=int(rng.integers(0, 12)),
         mode=mode,
         progression=progressions[int(rng.integers(len(progressions)))],
-        lead=str(rng.choice(list(LEADS))),
-        pad=str(rng.choice(list(PADS))),
-        drums=bool(rng.uniform() < 0.8),
+        lead=fixed.get("lead", str(rng.choice(list(LEADS)))),
+        pad=fixed.get("pad", str(rng.choice(list(PADS)))),
+        drums=fixed.get("drums", bool(rng.uniform() < 0.8)),
         # Clear-cut positions (left / center / right) so the caption's wording is never borderline.
         lead_pan=round(float(rng.choice([-1, 0, 1]) * rng.uniform(0.4, 0.7)), 3),
         hat_pan=round(float(rng.choice([-1, 0, 1]) * rng.uniform(0.35, 0.6)), 3),
@@ -785,7 +800,8 @@ def write_bad_files(root: Path, duplicate_of: Path) -> list[Path]:
 
 
 def synth_catalog(
-    out: str, *, tracks: int = 12, seconds: float = 20.0, seed: int = 0, bad_files: bool = False
+    out: str, *, tracks: int = 12, seconds: float = 20.0, seed: int = 0, bad_files: bool = False,
+    style: str | None = None,
 ) -> dict[str, Any]:
     """Synthesize a licensed (CC0-1.0) procedural music catalog with audiocraft-style sidecars.
 
@@ -800,13 +816,15 @@ def synth_catalog(
         seed: Random seed; the catalog is a deterministic function of (tracks, seconds, seed).
         bad_files: Also write `bad/` with one input of each kind a prep must refuse (empty, truncated, not audio,
             NaN samples, silence, too short, duplicate, no license).
+        style: Fix mode and instruments to one of `STYLES` ("bright": major, plucked lead, sine pad, drums;
+            "dark": minor, FM bell lead, saw pad, no drums). Default: every track draws its own.
 
     Returns:
         `{"tracks": good tracks, "bad_files": bad inputs, "seconds": total good seconds, "out": out}`.
     """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    specs = plan_catalog(tracks, seconds, seed)
+    specs = plan_catalog(tracks, seconds, seed, style)
     paths = [write_track(root, spec) for spec in specs]
     # Track 0 is always FLAC, matching the duplicate's name.
     bad = write_bad_files(root, paths[0]) if bad_files else []

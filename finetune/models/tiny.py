@@ -243,10 +243,37 @@ def encodec_feature_extractor() -> EncodecFeatureExtractor:
 
 
 def _build_encodec(size: Size, seed: int) -> PreTrainedModel:
+    """An EnCodec whose codes carry information (a random-init one maps every latent to code 0).
+
+    tiny: the committed trained codec (`tiny_codec.ASSET`, see `finetune/models/tiny_codec.py`); it is the same for
+    every seed, as all hub MusicGens share one EnCodec. real: random weights from `seed`, with each RVQ level's
+    codebook set by k-means over the encoder's latents of synthesized music, so the RVQ's codes spread as a trained
+    one's do (its decoder stays random).
+    """
     from transformers import EncodecModel
 
+    model = EncodecModel(encodec_config(size))
+    model.load_state_dict(_encodec_state(size, seed))
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _encodec_state(size: Size, seed: int) -> dict[str, torch.Tensor]:
+    """The state dict `_build_encodec` loads, computed once per process (every MusicGen writer embeds it)."""
+    from safetensors.torch import load_file
+    from transformers import EncodecModel
+
+    from finetune.models import tiny_codec
+
+    if size == "tiny":
+        return load_file(str(tiny_codec.ASSET))
     torch.manual_seed(seed)
-    return EncodecModel(encodec_config(size))
+    model = EncodecModel(encodec_config(size)).eval()
+    # 8 tracks of about 10 s: ~8,000 latent frames, ~4 per code (encoding them takes ~20 s on 2 CPU cores).
+    audio = tiny_codec.synth_audio(tracks=8, seconds=10.0, seed=seed)
+    tiny_codec.kmeans_codebooks(model, tiny_codec.encoder_latents(model, audio, max_frames=8192), iters=10,
+                                seed=seed)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -552,8 +579,8 @@ def write_encodec(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
     Args:
         out_dir: directory to write (created if missing).
         size: "tiny" or "real" (the `facebook/encodec_32khz` architecture).
-        seed: torch seed for the random initialisation; the same seed gives the same weights as the audio encoder
-            inside the MusicGen checkpoints written by `write_musicgen`.
+        seed: torch seed of a real-size codec's random weights and k-means (the tiny codec is the committed trained
+            one for every seed); the same seed gives the audio encoder inside `write_musicgen`'s checkpoints.
 
     Returns:
         `out_dir`, loadable with `EncodecModel.from_pretrained` and `AutoFeatureExtractor.from_pretrained`.

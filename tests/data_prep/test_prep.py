@@ -357,3 +357,44 @@ def test_concurrent_atomic_writes_of_one_file_do_not_collide(tmp_path: Path) -> 
     assert not errors, errors
     assert (tmp_path / "prep_config.json").read_text() in ('{"rank": 0}', '{"rank": 1}')
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_hard_panned_stereo_keeps_left_and_right_apart(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """A lead only on the left: the interleave order L0, R0, L1, R1, ... is pinned in prep and in decoding."""
+    import dataclasses
+
+    from transformers import EncodecModel
+
+    from data_prep import synth
+    from finetune.generate import decode_codes
+    from finetune.models.tiny_codec import log_mel_correlation
+
+    spec = synth.plan_catalog(1, 4.0, seed=11)[0]
+    spec = dataclasses.replace(spec, sample_rate=SAMPLE_RATE, frames=4 * SAMPLE_RATE, channels=2)
+    stems = synth.render_stems(spec)
+    lead = stems["lead"].sum(axis=1)  # the lead, centered in mono
+    pad = stems["pad"].mean(axis=1)
+    stereo = np.stack([lead + 0.3 * pad, 0.3 * pad], axis=1)  # [N, 2]: the lead hard left
+    stereo = (0.8 * stereo / np.abs(stereo).max()).astype(np.float32)
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    sf.write(catalog / "panned.wav", stereo, SAMPLE_RATE, subtype="FLOAT")
+    out = tmp_path / "out"
+    prep(**_prep_args(catalog, out, tiny_models_dir, license="CC0-1.0"))
+    [sample] = read_samples(out).values()
+    left, right = deinterleave_stereo(sample["codes"])  # [4, 200] each
+
+    model = EncodecModel.from_pretrained(tiny_models_dir / "encodec_32khz").eval()
+    with torch.no_grad():
+        encoded = [model.encode(torch.from_numpy(np.ascontiguousarray(stereo[:, c]))[None, None],
+                                bandwidth=2.2).audio_codes[0, 0].numpy() for c in range(2)]
+    np.testing.assert_array_equal(left, encoded[0])
+    np.testing.assert_array_equal(right, encoded[1])
+    assert (left != right).mean() > 0.5  # the two channels' codes really differ, so a swap cannot pass
+
+    decoded = decode_codes(model, torch.from_numpy(sample["codes"].astype(np.int64))[None])[0]  # [2, N]
+    wav = torch.from_numpy(stereo.T.copy())
+    n = min(decoded.shape[-1], wav.shape[-1])
+    own = log_mel_correlation(wav[0, :n], decoded[0, :n])
+    crossed = log_mel_correlation(wav[0, :n], decoded[1, :n])
+    assert own > crossed + 0.2, (own, crossed)

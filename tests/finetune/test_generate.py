@@ -8,7 +8,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from finetune.generate import Sampler, generate, generate_codes, load_for_inference
+from finetune.generate import (
+    Sampler,
+    decode_codes,
+    generate,
+    generate_codes,
+    load_for_inference,
+    melody_chroma_for,
+)
 from finetune.patterns import build_delayed_inputs
 
 
@@ -66,6 +73,42 @@ def test_windows_past_30_seconds_advance_by_the_extend_stride(tiny_lm_dir: Path)
     assert codes.shape[-1] == 2000
     # 30 s window, then prompted by the last 12 s (600 frames) it adds the remaining 10 s, as audiocraft.
     assert calls == [(1500, None), (500, 600)]
+
+
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-melody"])
+def test_two_prompts_give_different_codes_and_audio(tiny_lm_dir: Path, name: str) -> None:
+    model, tokenizer, is_melody = load_for_inference(str(tiny_lm_dir / name))
+    codes, audio = [], []
+    for prompt in ("warm lo-fi piano with soft drums", "bright synth arpeggio over a slow bass line"):
+        sampler = Sampler(model, tokenizer, is_melody, seed=0)  # same seed: only the prompt differs
+        codes.append(generate_codes(sampler, [prompt], 1.0, progress=False))
+        audio.append(decode_codes(model.audio_encoder, codes[-1]))
+    assert (codes[0] != codes[1]).float().mean() > 0.5
+    assert (audio[0] - audio[1]).abs().mean() > 0.1 * audio[0].abs().mean()
+
+
+def test_two_melodies_give_different_codes_and_audio(tiny_lm_dir: Path, tiny_models_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """`mgft generate --melody`, end to end: two synthesized tunes (through HTDemucs and chroma) -> two outputs."""
+    from data_prep import synth
+
+    melodies = []
+    for spec in synth.plan_catalog(2, 3.0, seed=5):
+        melodies.append(synth.write_track(tmp_path / "tunes", spec))
+    wavs = []
+    for i, melody in enumerate(melodies):
+        [path] = generate(model=str(tiny_lm_dir / "musicgen-stereo-melody"), prompt="calm piano", melody=str(melody),
+                          demucs=str(tiny_models_dir / "htdemucs"), duration=1.0, out=str(tmp_path / f"out{i}"))
+        wavs.append(sf.read(path)[0])
+    assert wavs[0].shape == wavs[1].shape
+    assert abs(wavs[0] - wavs[1]).mean() > 0.1 * abs(wavs[0]).mean()
+    model, tokenizer, is_melody = load_for_inference(str(tiny_lm_dir / "musicgen-stereo-melody"))
+    codes = []
+    for melody in melodies:
+        chroma = melody_chroma_for(str(melody), str(tiny_models_dir / "htdemucs"), "cpu")
+        codes.append(generate_codes(Sampler(model, tokenizer, is_melody, seed=0), ["calm piano"], 1.0, chroma,
+                                    progress=False))
+    assert (codes[0] != codes[1]).float().mean() > 0.5
 
 
 def test_generate_rejects_bad_requests(tiny_lm_dir: Path, tmp_path: Path) -> None:
