@@ -48,12 +48,11 @@ def time_by_layer_type(module: torch.nn.Module, run) -> dict[str, float]:
 
 
 def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -> None:
-    from transformers import EncodecModel
-
     from data_prep.tokens import CodecEncoder
-    from finetune.models.tiny import encodec_config
+    from finetune.models.tiny import build_encodec
 
-    model = EncodecModel(encodec_config("real")).to(device).eval().requires_grad_(False)
+    # Random weights, codebooks from k-means over the encoder's latents (zero codebooks would make the RVQ trivial).
+    model = build_encodec("real", 0).to(device).eval().requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
     n = int(seconds * 32000)
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (segments, 1, n)).astype(np.float32)

@@ -10,7 +10,8 @@ For the model (and the baseline, side by side):
 2. generation from the held-out captions (and, for melody models, their melodies), as long as each held-out segment;
 3. Frechet audio distance between the generated and the held-out audio (the shards' `audio.flac`; without
    `--keep-audio` at prep, the EnCodec resynthesis of their codes), on EnCodec latents or CLAP embeddings;
-4. for melody models, the chroma cosine similarity of the generated audio to the conditioning melody.
+4. for melody models, the chroma cosine similarity of the generated audio to the held-out audio whose melody
+   conditioned it (audiocraft's argmax chroma metric).
 
 Writes `metrics.json`, `report.html` (self-contained: metrics table, loss curves from the run's `metrics.jsonl`,
 spectrograms and chroma of generated vs reference, audio players), the WAVs and pictures under `samples/`, and logs
@@ -94,12 +95,29 @@ def codebook_cross_entropy(module, data: EvalData) -> dict[str, float]:
     return metrics
 
 
+def _full_segments_first(shards: str, num_samples: int) -> list[dict[str, Any]]:
+    """`num_samples` held-out samples in shard order, whole segments before the shorter tails of tracks.
+
+    Generations and references are trimmed to the shortest clip compared, so one 1.5 s tail would cut every clip
+    to 1.5 s; tails are used only when there are not enough whole segments.
+    """
+    full, tails = [], []
+    for sample in wds.WebDataset(resolve_shards(shards), shardshuffle=False, empty_check=False):
+        info = json.loads(sample[INFO_KEY])
+        frames = np.load(io.BytesIO(sample[CODES_KEY])).shape[-1]
+        (full if info["valid_frames"] >= frames else tails).append(sample)
+        if len(full) == num_samples:
+            break
+    tails.sort(key=lambda s: -json.loads(s[INFO_KEY])["valid_frames"])
+    return (full + tails)[:num_samples]
+
+
 def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
-    """The first `num_samples` held-out segments, in shard order, with their audio trimmed to the shortest one."""
+    """`num_samples` held-out segments (whole segments first), their audio trimmed to the shortest one."""
     from finetune.generate import decode_codes
 
     keys, captions, audio, chroma = [], [], [], []
-    for sample in wds.WebDataset(resolve_shards(shards), shardshuffle=False, empty_check=False):
+    for sample in _full_segments_first(shards, num_samples):
         info = json.loads(sample[INFO_KEY])
         seconds = info["valid_frames"] / FRAME_RATE
         if AUDIO_KEY in sample:
@@ -113,8 +131,6 @@ def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
         audio.append(wav)
         if CHROMA_KEY in sample:
             chroma.append(torch.from_numpy(np.load(io.BytesIO(sample[CHROMA_KEY]))))
-        if len(keys) == num_samples:
-            break
     if len(keys) < 2:
         raise ValueError(f"{shards} has {len(keys)} segment(s); FAD needs at least 2")
     length = min(w.shape[-1] for w in audio)
@@ -181,7 +197,7 @@ def evaluate_model(name: str, path: str, module, data: EvalData, held: HeldOut, 
                              cfg=cfg)
     metrics[f"fad_{embedder.name}"] = frechet_audio_distance(embedder, generated, held.audio)
     if module.is_melody and held.chroma is not None:
-        metrics["chroma_cosine"] = chroma_cosine(generated, held.chroma)
+        metrics["chroma_cosine"] = chroma_cosine(generated, held.audio)
     rows = write_samples(out / "samples" / name, generated, held.captions,
                          held.chroma if module.is_melody else None)
     return {"metrics": metrics, "samples": rows}

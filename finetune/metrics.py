@@ -7,8 +7,8 @@ MusicGen itself models. With a local CLAP checkpoint (`transformers.ClapModel`),
 embeddings instead, one per clip, closer to the perceptual FADs in the literature. Numbers from different embedders are
 not comparable.
 
-Chroma similarity (the MusicGen paper's melody metric) is the frame-wise cosine between the normalized chromagram of
-the generated audio and that of the conditioning melody, averaged over frames.
+Chroma similarity (the MusicGen paper's melody metric) is the frame-wise cosine between the argmax chromagrams of the
+generated audio and of the reference audio the melody was taken from, averaged over frames (audiocraft's metric).
 """
 
 from __future__ import annotations
@@ -92,16 +92,21 @@ def frechet_audio_distance(embedder: Embedder, audio_a: torch.Tensor, audio_b: t
     return frechet_distance(*gaussian(embedder(audio_a)), *gaussian(embedder(audio_b)))
 
 
-def chroma_cosine(generated: torch.Tensor, melody_chroma: torch.Tensor) -> float:
-    """Mean frame-wise cosine between the chroma of `generated` audio `[B, C, N]` and a reference `[B, F, 12]`.
+def chroma_cosine(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean frame-wise cosine between the argmax chromas of `generated` and `reference` audio `[B, C, N]` (32 kHz).
 
-    The generated audio's chroma comes from the same extractor prep uses (before the argmax); the frames compared are
-    the first `min(F, frames of generated)`.
+    audiocraft's `ChromaCosineSimilarityMetric` with its MusicGen settings (`metrics.chroma_cosine` in
+    `config/solver/musicgen/default.yaml`: n_fft 2^14, argmax true), comparing with the reference *waveform* (the
+    held-out audio the melody was taken from). With one-hot frames the cosine is 1 where the pitch classes agree and
+    0 elsewhere, so the score is the fraction of agreeing frames: about 1/12 by chance, and noise or a flat chroma
+    scores no better than chance (a raw-chroma cosine would give a flat frame 0.29 against any one-hot melody).
+    The frames compared are the first `min` of the two counts.
     """
     from data_prep.chroma import ChromaExtractor
 
     extractor = ChromaExtractor().to(generated.device)
-    ours = extractor.raw_chroma(generated.mean(1, keepdim=True).float())  # [B, F', 12]
-    frames = min(ours.shape[1], melody_chroma.shape[1])
-    cos = torch.nn.functional.cosine_similarity(ours[:, :frames], melody_chroma[:, :frames].to(ours), dim=-1)
+    ours = extractor(generated.mean(1, keepdim=True).float())  # [B, F, 12] one-hot
+    theirs = extractor(reference.mean(1, keepdim=True).float().to(generated.device))
+    frames = min(ours.shape[1], theirs.shape[1])
+    cos = torch.nn.functional.cosine_similarity(ours[:, :frames], theirs[:, :frames], dim=-1, eps=1e-8)
     return float(cos.mean())

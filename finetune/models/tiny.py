@@ -16,6 +16,14 @@ loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without a
 
 `--size tiny` (default) gives models small enough for CPU tests (0.1M to 1.3M parameters each);
 `--size real` gives the real architectures (GBs on disk; use `--only`).
+
+Tiny must not mean degenerate. Random weights are fine for the language models and MBD (their outputs still depend
+on their inputs), but not for the two models that turn audio into what the LM learns: a random-init EnCodec maps
+every latent to code 0 (transformers registers its codebooks as zero buffers), and a random HTDemucs keeps no pitch
+in its melody stems. So the tiny EnCodec and the tiny HTDemucs are trained, once, on synthesized music by
+`finetune/models/tiny_codec.py` and `finetune/models/tiny_htdemucs.py`; their weights ship beside this file and are
+written here in the hub layouts. At `--size real` the codec's codebooks are set by k-means over its encoder's
+latents (as EnCodec starts training), so benchmarks run an RVQ whose codes spread.
 """
 
 from __future__ import annotations
@@ -145,8 +153,9 @@ def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
 
     Args:
         out_dir: directory to write (created if missing); pass it as `repo=` to `demucs.pretrained.get_model`.
-        size: "tiny" (about 0.1M parameters, CPU-fast) or "real" (the released htdemucs architecture, 42M).
-        seed: torch seed for the random initialisation.
+        size: "tiny" (about 0.1M parameters, CPU-fast, the committed weights trained on synthesized stems) or
+            "real" (the released htdemucs architecture, 42M, random weights).
+        seed: torch seed of a real-size model's random weights (and of the signature).
 
     Returns:
         `out_dir`.
@@ -158,6 +167,12 @@ def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
     kwargs = htdemucs_kwargs(size)
     torch.manual_seed(seed)
     model = HTDemucs(**kwargs)
+    if size == "tiny":  # trained on synthesized stems: a random one keeps no pitch (finetune/models/tiny_htdemucs.py)
+        from safetensors.torch import load_file
+
+        from finetune.models import tiny_htdemucs
+
+        model.load_state_dict(load_file(str(tiny_htdemucs.ASSET)))
     package = {
         "klass": HTDemucs,
         "args": (),
@@ -242,7 +257,7 @@ def encodec_feature_extractor() -> EncodecFeatureExtractor:
     return EncodecFeatureExtractor(feature_size=1, sampling_rate=32_000, chunk_length_s=None, overlap=None)
 
 
-def _build_encodec(size: Size, seed: int) -> PreTrainedModel:
+def build_encodec(size: Size, seed: int) -> PreTrainedModel:
     """An EnCodec whose codes carry information (a random-init one maps every latent to code 0).
 
     tiny: the committed trained codec (`tiny_codec.ASSET`, see `finetune/models/tiny_codec.py`); it is the same for
@@ -259,7 +274,7 @@ def _build_encodec(size: Size, seed: int) -> PreTrainedModel:
 
 @functools.lru_cache(maxsize=2)
 def _encodec_state(size: Size, seed: int) -> dict[str, torch.Tensor]:
-    """The state dict `_build_encodec` loads, computed once per process (every MusicGen writer embeds it)."""
+    """The state dict `build_encodec` loads, computed once per process (every MusicGen writer embeds it)."""
     from safetensors.torch import load_file
     from transformers import EncodecModel
 
@@ -587,7 +602,7 @@ def write_encodec(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
     """
     out_dir = Path(out_dir)
     with _quiet_transformers():
-        model = _build_encodec(size, seed)
+        model = build_encodec(size, seed)
         model.save_pretrained(out_dir)
         encodec_feature_extractor().save_pretrained(out_dir)
     _report(ENCODEC, model, out_dir)
@@ -627,7 +642,7 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
         torch.manual_seed(seed)
         model = klass(config)
         model.text_encoder.load_state_dict(_build_t5_encoder(size, seed).state_dict())
-        model.audio_encoder.load_state_dict(_build_encodec(size, seed).state_dict())
+        model.audio_encoder.load_state_dict(build_encodec(size, seed).state_dict())
         model.generation_config = musicgen_generation_config()
         model.save_pretrained(out_dir)
         tokenizer = build_t5_tokenizer()

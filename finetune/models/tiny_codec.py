@@ -6,16 +6,17 @@ module gives the tiny codec what EnCodec gets from training, in three seeded pha
 procedural catalog `mgft synth-catalog` writes, rendered at 32 kHz, each channel a mono item as the mono codec sees
 it):
 
-1. autoencoder: encoder and decoder trained on reconstruction (time-domain L1 plus a multi-scale mel loss, the
-   non-adversarial part of EnCodec's objective, see `docs/tiny-models.md`), latents not yet quantized;
+1. autoencoder: encoder and decoder trained on reconstruction (`ReconstructionLoss`: EnCodec's time-domain L1 and
+   multi-scale mel terms, without its GAN, plus spectral terms that keep the pitch), latents not yet quantized;
 2. codebooks: residual k-means over the trained encoder's latents, as EnCodec initializes its codebooks (level 0 on
    the latents, level q on what levels 0..q-1 leave), with 2048 codes per level;
 3. decoder: the decoder alone is fine-tuned on the quantized latents, so decode(encode(x)) resembles x.
 
-The result (`tiny-encodec-32khz.safetensors` beside this file, about 1 MB) is committed: `mgft tiny-models` loads it
-in milliseconds instead of training for minutes, and the same seed on the same torch build rewrites the same file.
+The result (`tiny-encodec-32khz.safetensors` beside this file, 1.8 MB) is committed: `mgft tiny-models` loads it in
+milliseconds instead of training for minutes, and the same seed on the same torch build rewrites the same file.
 `kmeans_codebooks` also initializes the codebooks of `--size real` (random encoder, k-means over its latents), so
-benchmarks time an RVQ whose codes spread like a trained one's.
+benchmarks time an RVQ whose codes spread like a trained one's. How the codec is trained and measured, with the
+figures: `docs/tiny-models.md`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ASSET = Path(__file__).with_name("tiny-encodec-32khz.safetensors")
 TRAIN_CATALOG = {"tracks": 24, "seconds": 12.0, "seed": 1234}
 HELDOUT_CATALOG = {"tracks": 6, "seconds": 8.0, "seed": 4321}
 MEL_SCALES = (256, 512, 1024, 2048)  # n_fft of the multi-scale mel loss (hop n_fft // 4, 64 mel bands each)
+SPECTRAL_SCALES = (16384, 4096, 1024, 256)  # n_fft of the spectral-convergence terms (16384: the chroma's STFT)
 
 
 def synth_audio(tracks: int, seconds: float, seed: int) -> list[np.ndarray]:
@@ -105,6 +107,44 @@ class MultiScaleMelLoss(torch.nn.Module):
             a, b = self.mel(target, n_fft), self.mel(estimate, n_fft)
             loss = loss + (a - b).abs().mean() + ((a + 1e-5).log() - (b + 1e-5).log()).abs().mean()
         return loss
+
+
+class ReconstructionLoss(torch.nn.Module):
+    """What the tiny codec is trained on: EnCodec's non-adversarial terms plus three that keep the pitch.
+
+    `0.1 * L1(time) + multi-scale mel` is EnCodec's reconstruction objective (without its GAN). A codec this small
+    trained on it alone for minutes learns loudness and onsets but not pitch: its output is dominated by hum at
+    multiples of the 50 Hz frame rate, so the chroma of decode(encode(x)) is one pitch class everywhere and every
+    melody metric downstream compares constants. So the loss adds the spectral convergence of linear STFT
+    magnitudes (n_fft 16384, 4096, 1024, 256; it weighs strong spurious partials, which log spectra forgive), L1
+    between log magnitudes at n_fft 4096, and L1 between the normalized chromas of target and estimate, computed by
+    prep's own melody extractor (`data_prep.chroma.ChromaExtractor`, n_fft 16384).
+    """
+
+    def __init__(self, chroma_weight: float = 2.0) -> None:
+        super().__init__()
+        from data_prep.chroma import ChromaExtractor
+
+        self.mel = MultiScaleMelLoss()
+        self.chroma = ChromaExtractor(argmax=False)
+        self.chroma_weight = chroma_weight
+        for n_fft in SPECTRAL_SCALES:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def _magnitude(self, wav: torch.Tensor, n_fft: int) -> torch.Tensor:
+        window = getattr(self, f"window_{n_fft}")
+        return torch.stft(wav.squeeze(1), n_fft, n_fft // 4, window=window, return_complex=True).abs()
+
+    def forward(self, target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """Scalar loss for mono audio `[B, 1, N]`."""
+        loss = 0.1 * (target - estimate).abs().mean() + self.mel(target, estimate)
+        for n_fft in SPECTRAL_SCALES:
+            a, b = self._magnitude(target, n_fft), self._magnitude(estimate, n_fft)
+            loss = loss + (a - b).norm() / (a.norm() + 1e-7)
+            if n_fft == 4096:
+                loss = loss + ((a + 1e-5).log() - (b + 1e-5).log()).abs().mean()
+        chroma = (self.chroma.raw_chroma(target) - self.chroma.raw_chroma(estimate)).abs().mean()
+        return loss + self.chroma_weight * chroma
 
 
 def kmeans(points: torch.Tensor, k: int, iters: int, generator: torch.Generator, chunk: int = 8192) -> torch.Tensor:
@@ -180,6 +220,11 @@ def kmeans_codebooks(model: EncodecModel, latents: torch.Tensor, iters: int = 20
         iters: Lloyd iterations per level.
         seed: seeds the k-means.
     """
+    size = model.config.codebook_size
+    if latents.shape[0] < 2 * size:
+        # With fewer points than codes level 0 reproduces every point exactly and the deeper levels get nothing.
+        raise ValueError(f"k-means of {size} codes per level needs at least {2 * size} latent frames, got "
+                         f"{latents.shape[0]}: encode more audio")
     generator = torch.Generator().manual_seed(seed)
     residual = latents.float()
     for layer in model.quantizer.layers:
@@ -221,28 +266,37 @@ def codec_quality(model: EncodecModel, items: list[np.ndarray], seed: int = 0) -
     """How much the codec's codes say about the audio, on held-out items.
 
     Returns:
-        `reconstruction`: mean log-mel correlation between x and decode(encode(x)); `random_codes`: the same for
-        decode(codes drawn uniformly at random); `distinct_codes_min`: the fewest distinct codes any codebook used;
+        `reconstruction`: mean `log_mel_correlation` between x and decode(encode(x)); `random_codes`: the same for
+        decode(codes drawn uniformly at random); `chroma_agreement`: the fraction of chroma frames (prep's melody
+        extractor, argmax) whose pitch class is the same in x and decode(encode(x)), `chroma_random_codes` the same
+        for random codes (chance is about 1/12); `distinct_codes_min`: the fewest distinct codes any codebook used;
         `entropy_q0_bits`: the entropy of codebook 0's code histogram.
     """
+    from data_prep.chroma import ChromaExtractor
+
+    extractor = ChromaExtractor()
     generator = torch.Generator().manual_seed(seed)
     bandwidth = float(model.config.target_bandwidths[-1])
-    recon, rand, all_codes = [], [], []
+    scores: dict[str, list[float]] = {"reconstruction": [], "random_codes": [], "chroma_agreement": [],
+                                      "chroma_random_codes": []}
+    all_codes = []
     for item in items:
         x = torch.from_numpy(item)[None, None]
         codes = model.encode(x, None, bandwidth=bandwidth).audio_codes  # [1, 1, K, T]
         all_codes.append(codes[0, 0])
-        y = model.decode(codes, [None]).audio_values[0, 0, : x.shape[-1]]
+        y = model.decode(codes, [None]).audio_values[..., : x.shape[-1]]
         noise = torch.randint(model.config.codebook_size, codes.shape, generator=generator)
-        z = model.decode(noise, [None]).audio_values[0, 0, : x.shape[-1]]
-        recon.append(log_mel_correlation(x[0, 0], y))
-        rand.append(log_mel_correlation(x[0, 0], z))
+        z = model.decode(noise, [None]).audio_values[..., : x.shape[-1]]
+        pitch = extractor(x).argmax(-1)  # [1, F]
+        scores["reconstruction"].append(log_mel_correlation(x[0, 0], y[0, 0]))
+        scores["random_codes"].append(log_mel_correlation(x[0, 0], z[0, 0]))
+        scores["chroma_agreement"].append(float((extractor(y).argmax(-1) == pitch).float().mean()))
+        scores["chroma_random_codes"].append(float((extractor(z).argmax(-1) == pitch).float().mean()))
     codes = torch.cat(all_codes, dim=1)  # [K, sum T]
     q0 = torch.bincount(codes[0], minlength=model.config.codebook_size).float()
     p = q0[q0 > 0] / q0.sum()
     return {
-        "reconstruction": float(np.mean(recon)),
-        "random_codes": float(np.mean(rand)),
+        **{key: float(np.mean(values)) for key, values in scores.items()},
         "distinct_codes_min": float(min(len(torch.unique(row)) for row in codes)),
         "entropy_q0_bits": float(-(p * p.log2()).sum()),
     }
@@ -251,8 +305,8 @@ def codec_quality(model: EncodecModel, items: list[np.ndarray], seed: int = 0) -
 def train_tiny_codec(
     autoencoder_steps: int = 1000,
     decoder_steps: int = 400,
-    batch_size: int = 16,
-    crop_seconds: float = 0.5,
+    batch_size: int = 8,
+    crop_seconds: float = 1.0,
     lr: float = 3e-3,
     seed: int = 0,
     log_every: int = 100,
@@ -281,7 +335,7 @@ def train_tiny_codec(
     rng = np.random.default_rng(seed)
     items = synth_audio(**(catalog or TRAIN_CATALOG))
     model = EncodecModel(encodec_config("tiny")).train()
-    loss_fn = MultiScaleMelLoss()
+    loss_fn = ReconstructionLoss()
     samples = round(crop_seconds * SAMPLE_RATE)
 
     def run(steps: int, params, quantized: bool, phase: str) -> None:
@@ -296,7 +350,7 @@ def train_tiny_codec(
             else:
                 z = model.encoder(x)
             y = model.decoder(z)[..., :samples]
-            loss = 0.1 * (x - y).abs().mean() + loss_fn(x, y)
+            loss = loss_fn(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
