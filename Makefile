@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog-base --tracks 12 --seconds 15 --style bright --seed 0
 	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog --tracks 12 --seconds 15 --style dark --seed 1 --bad-files
-	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog-val --tracks 4 --seconds 15 --style dark --seed 2
+	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog-val --tracks 6 --seconds 15 --style dark --seed 2
 	$(BIN)/mgft tiny-models $(DEMO_DIR)/models
 	printf 'a dark melancholic ambient track in A minor: an FM bell lead over a warm saw pad\nan upbeat happy electronic track in C major with a plucked lead and drums\n' > $(DEMO_DIR)/prompts.txt
 	for part in catalog-base:shards-base catalog:shards catalog-val:shards-val; do \
@@ -51,7 +51,7 @@ demo: install
 		--prompts $(DEMO_DIR)/prompts.txt --duration 3 --decoder $$decoder --mbd $(DEMO_DIR)/mbd \
 		--out $(DEMO_DIR)/samples/$$decoder || exit 1; done
 	HF_HUB_OFFLINE=1 $(BIN)/mgft eval --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
-		--baseline $(DEMO_DIR)/base --data.shards $(DEMO_DIR)/shards-val --num-samples 8 --out $(DEMO_DIR)/report
+		--baseline $(DEMO_DIR)/base --data.shards $(DEMO_DIR)/shards-val --num-samples 16 --out $(DEMO_DIR)/report
 	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards (base style: shards-base, held out: shards-val)"
 	@echo "demo: the base model's pretraining run is in $(DEMO_DIR)/base-run, the base itself (transformers format) in $(DEMO_DIR)/base"
 	@echo "demo: the fine-tune's config, checkpoints, samples (wav + spectrogram/chroma png) and offline wandb run are in $(DEMO_DIR)/run"
