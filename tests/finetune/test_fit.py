@@ -123,7 +123,7 @@ def test_lora_run_logs_to_wandb_offline_and_checkpoints_only_adapters(tmp_path: 
     lora_root, full_root = tmp_path / "lora", tmp_path / "full"
     main(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, lora_root,
                   "--data.val_shards", str(stereo_melody_shards), "--trainer.max_steps", "10",
-                  "--trainer.val_check_interval", "10"))
+                  "--trainer.val_check_interval", "10", "--model.lora_targets", "null"))  # default targets
     run_dir = next((lora_root / "wandb").glob("offline-run-*"))
     logged = wandb_history_keys(run_dir)
     assert {"train/loss", "train/ce_q0", "train/ce_q7", "train/lr", "train/grad_norm", "val/ce", "val/ppl"} <= logged
