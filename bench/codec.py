@@ -2,7 +2,7 @@
 
     python bench/codec.py [--real]
 
-On held-out synthesized music (`finetune/models/tiny_codec.py`, `HELDOUT_CATALOG`), prints for decode(encode(x)) and
+On held-out synthesized music (`testkit/tiny_codec.py`, `HELDOUT_CATALOG`), prints for decode(encode(x)) and
 for decode(random codes): the log-mel correlation with x (each band's mean over time removed, so an average spectrum
 scores 0), the fraction of chroma frames whose pitch class survives, and the code usage (distinct codes per
 codebook, entropy of codebook 0). `--real` adds the real-size EnCodec of `mgft tiny-models --size real` (random
@@ -18,7 +18,7 @@ import torch
 
 
 def report(name: str, model: torch.nn.Module, items) -> None:
-    from finetune.models.tiny_codec import codec_quality
+    from testkit.tiny_codec import codec_quality
 
     started = time.perf_counter()
     q = codec_quality(model, items)
@@ -35,8 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", action="store_true", help="also the real-size k-means codec (about a minute)")
     args = parser.parse_args()
-    from finetune.models.tiny import build_encodec
-    from finetune.models.tiny_codec import HELDOUT_CATALOG, synth_audio
+    from testkit.tiny_codec import HELDOUT_CATALOG, synth_audio
+    from testkit.tiny_models import build_encodec
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     items = synth_audio(**HELDOUT_CATALOG)

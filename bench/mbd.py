@@ -46,9 +46,10 @@ def main() -> None:
 
     from transformers import EncodecModel
 
+    from data_prep.codec import quantized_latent
     from finetune.mbd.decoder import BAND_PROCESSORS, BandConfig, BandModel, MultiBandDiffusion
     from finetune.mbd.unet import UnetConfig, count_parameters
-    from finetune.models.tiny import write_encodec
+    from testkit.tiny_models import write_encodec
 
     codec_dir = OUT / "real" / "encodec_32khz"
     if not codec_dir.exists():
@@ -75,7 +76,7 @@ def main() -> None:
           f"{len(bands)} bands x {len(step_list) - 1} steps")
     with torch.inference_mode():
         t_encodec = _timed(lambda: codec.decode(codes[None], [None]), args.device, args.repeat)
-        latent = codec.quantizer.decode(codes.transpose(0, 1))
+        latent = quantized_latent(codec, codes)
         noise = torch.randn(1, 1, frames * 640, device=args.device)
         t_unet = _timed(lambda: bands[0].unet(noise, 500, latent), args.device, args.repeat)
         t_mbd = _timed(lambda: mbd.tokens_to_wav(codes, step_list=step_list), args.device, args.repeat)

@@ -48,8 +48,8 @@ def time_by_layer_type(module: torch.nn.Module, run) -> dict[str, float]:
 
 
 def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -> None:
-    from data_prep.tokens import CodecEncoder
-    from finetune.models.tiny import build_encodec
+    from data_prep.codec import CodecEncoder
+    from testkit.tiny_models import build_encodec
 
     # Random weights, codebooks from k-means over the encoder's latents (zero codebooks would make the RVQ trivial).
     model = build_encodec("real", 0).to(device).eval().requires_grad_(False)
@@ -88,7 +88,7 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
 
     from data_prep.chroma import ChromaExtractor
     from data_prep.stems import melody_stems
-    from finetune.models.tiny import htdemucs_kwargs
+    from testkit.tiny_models import htdemucs_kwargs
 
     model = HTDemucs(**htdemucs_kwargs("real")).to(device).eval()
     params = sum(p.numel() for p in model.parameters())

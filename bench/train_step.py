@@ -24,7 +24,7 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def real_models(name: str) -> Path:
-    from finetune.models.tiny import tiny_models
+    from testkit.tiny_models import tiny_models
 
     root = OUT / "real"
     needed = [n for n in (name, "encodec_32khz", "htdemucs") if not (root / n).exists()]
@@ -36,7 +36,7 @@ def real_models(name: str) -> Path:
 
 def make_shards(models: Path, seconds: float, channels: int, melody: bool) -> Path:
     from data_prep.prep import prep
-    from data_prep.synth import synth_catalog
+    from testkit.synth import synth_catalog
 
     out = OUT / f"shards-{seconds:g}s-{channels}ch{'-melody' if melody else ''}"
     if not (out / "stats.json").exists():
@@ -76,11 +76,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from data_prep.chroma import ChromaExtractor
+    from data_prep.codec import CodecEncoder, load_codec
     from data_prep.stems import load_demucs, melody_chroma
-    from data_prep.tokens import CodecEncoder, load_codec
-    from finetune.data import MusicGenData
-    from finetune.loss import masked_codebook_ce
-    from finetune.module import MusicGenLM
+    from finetune.lm.data import MusicGenData
+    from finetune.lm.loss import masked_codebook_ce
+    from finetune.lm.module import MusicGenLM
 
     torch.manual_seed(0)
     models = real_models(args.model)

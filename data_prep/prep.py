@@ -175,7 +175,7 @@ class SegmentEncoder:
     """Turns pending tracks into codes (+ chroma): segments are padded to the segment length and batched."""
 
     def __init__(self, settings: PrepSettings, device: str, batch_size: int) -> None:
-        from data_prep.tokens import CodecEncoder, load_codec
+        from data_prep.codec import CodecEncoder, load_codec
 
         self.settings = settings
         self.segment_samples = round(settings.segment_seconds * SAMPLE_RATE)

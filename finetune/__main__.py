@@ -26,15 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 COMMANDS: dict[str, str] = {
-    "synth-catalog": "data_prep.synth:synth_catalog",
-    "tiny-models": "finetune.models.tiny:tiny_models",
+    "synth-catalog": "testkit.synth:synth_catalog",
+    "tiny-models": "testkit.tiny_models:tiny_models",
     "prep": "data_prep.prep:prep",
     "prep-merge": "data_prep.merge:prep_merge",
-    "generate": "finetune.generate:generate",
-    "export": "finetune.export:export",
+    "generate": "finetune.inference.generate:generate",
+    "export": "finetune.checkpoints.export:export",
     "mbd-pack": "finetune.mbd.pack:mbd_pack",
-    "eval": "finetune.eval:evaluate",
-    "plan": "finetune.plan:plan",
+    "eval": "finetune.evaluation.eval:evaluate",
+    "plan": "finetune.training.plan:plan",
 }
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from finetune.data import MusicGenData
-from finetune.module import MusicGenLM
+from finetune.lm.data import MusicGenData
+from finetune.lm.module import MusicGenLM
 
 LIGHTNING_COMMANDS = ("fit", "validate")
 MBD_COMMANDS = ("mbd-fit", "mbd-validate")
@@ -64,11 +64,11 @@ def default_plugins() -> list[dict]:
     """Atomic checkpoint writes; under SLURM, Lightning's SLURM environment without its own requeue handler.
 
     Lightning's handler checkpoints inside the signal handler (possibly mid-backward); `PreemptionCheckpoint` in the
-    trainer configs does it at a step boundary instead (finetune/preemption.py).
+    trainer configs does it at a step boundary instead (finetune/training/preemption.py).
     """
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    plugins: list[dict] = [{"class_path": "finetune.checkpoint_io.AtomicCheckpointIO"}]
+    plugins: list[dict] = [{"class_path": "finetune.checkpoints.atomic.AtomicCheckpointIO"}]
     if SLURMEnvironment.detect():
         plugins.append({"class_path": "lightning.pytorch.plugins.environments.SLURMEnvironment",
                         "init_args": {"auto_requeue": False}})

@@ -18,7 +18,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from finetune.models.tiny import tiny_models
+    from testkit.tiny_models import tiny_models
 
     out = tmp_path_factory.mktemp("models")
     tiny_models(str(out), only=["encodec_32khz", "htdemucs"])
@@ -27,7 +27,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from data_prep.synth import synth_catalog
+    from testkit.synth import synth_catalog
 
     out = tmp_path_factory.mktemp("catalog")
     synth_catalog(str(out), tracks=6, seconds=8.0, seed=3, bad_files=True)
@@ -37,7 +37,7 @@ def synth_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny MusicGen checkpoints (mono text and stereo melody) in transformers' format."""
-    from finetune.models.tiny import tiny_models
+    from testkit.tiny_models import tiny_models
 
     out = tmp_path_factory.mktemp("lms")
     tiny_models(str(out), only=["musicgen-small", "musicgen-stereo-melody"])
@@ -76,7 +76,7 @@ def audio_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Pat
 @pytest.fixture(scope="session")
 def tiny_mbd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init 4-band MBD in the `facebook/multiband-diffusion` layout."""
-    from finetune.models.tiny import MBD, tiny_models
+    from testkit.tiny_models import MBD, tiny_models
 
     out = tmp_path_factory.mktemp("mbd")
     tiny_models(str(out), only=[MBD])

@@ -5,7 +5,7 @@ decoded: left and right through the mono bands). A crop that runs past a short s
 audiocraft pads its segments. The EnCodec condition is computed on the fly by the module (it is cheap next to the
 U-Net and must come from exactly the cropped audio).
 
-Train stream: shards are split over (rank, worker) streams as the LM's (`finetune.data.split_for_stream`), drawn with
+Train stream: shards are split over (rank, worker) streams as the LM's (`finetune.lm.data.split_for_stream`), drawn with
 replacement from a generator seeded by (seed, rank, worker, epoch), shuffled in a buffer, cropped and batched;
 `steps_per_epoch` keeps every rank at the same number of batches. Validation: the first `val_items` segments of the
 validation shards in order, the crop taken from each segment's start, so the validation loss is comparable across runs.
@@ -25,7 +25,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.schema import AUDIO_KEY, SAMPLE_RATE
-from finetune.data import _dist_info_from_env, resolve_shards, split_for_stream, stream_seed
+from finetune.lm.data import _dist_info_from_env, resolve_shards, split_for_stream, stream_seed
 
 
 def decode_audio(raw: bytes) -> torch.Tensor:

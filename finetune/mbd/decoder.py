@@ -13,7 +13,7 @@ File layout (facts D.2): `{'sample_rate': 32000, 'n_bands': 4, 0: band, 1: band,
 `{'cfg': <DictConfig: channels, schedule, diffusion_unet, processor, filter, sample_rate>, 'model_state': U-Net
 state dict, 'processor_state': normalizer buffers}`. audiocraft pickles `cfg` as an OmegaConf DictConfig; so does
 `save_mbd` (omegaconf is a dependency for this alone), and `load_mbd` reads it without unpickling code
-(`finetune.safe_load`).
+(`finetune.checkpoints.safe_load`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import julius
 import torch
 from torch import nn
 
+from data_prep.codec import decode_codes, quantized_latent
 from data_prep.schema import HOP_LENGTH, SAMPLE_RATE
-from finetune.generate import decode_codes
 from finetune.mbd.processor import MultiBandProcessor, ProcessorConfig, SampleProcessor, build_processor
 from finetune.mbd.schedule import NoiseSchedule, ScheduleConfig
 from finetune.mbd.unet import DiffusionUnet, UnetConfig
@@ -119,11 +119,6 @@ class BandModel(nn.Module):
 
 
 @torch.no_grad()
-def codec_latent(codec: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-    """EnCodec's quantized latent `[B, D, T]` of mono codes `[B, K, T]` (audiocraft's `decode_latent`)."""
-    return codec.quantizer.decode(codes.transpose(0, 1))  # transformers' quantizer wants [K, B, T]
-
-
 def re_eq(wav: torch.Tensor, ref: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_bands: int = RE_EQ_BANDS,
           strictness: float = 1.0) -> torch.Tensor:
     """Scale each of `n_bands` mel bands of `wav` to the standard deviation of the same band of `ref`.
@@ -164,7 +159,7 @@ class MultiBandDiffusion(nn.Module):
         stereo = k == 8
         mono = torch.cat([codes[:, 0::2], codes[:, 1::2]]) if stereo else codes  # [2B, 4, T]: left then right
         reference = decode_codes(self.codec, mono)  # [B', 1, N]: the plain EnCodec decode, the EQ reference
-        latent = codec_latent(self.codec, mono)
+        latent = quantized_latent(self.codec, mono)
         generator = torch.Generator().manual_seed(seed)
         size = torch.Size([mono.shape[0], 1, t * HOP_LENGTH])
         wav = re_eq(self.generate(latent, size, generator, step_list), reference[..., : size[-1]], self.sample_rate)
@@ -224,7 +219,7 @@ def resolve_mbd_path(path: str) -> Path:
 
 def load_bands(path: str, trust_checkpoint: bool = False) -> tuple[list[BandModel], int]:
     """Band models (eval mode) and the sample rate from an MBD file, loaded strictly and without running code."""
-    from finetune.safe_load import safe_torch_load
+    from finetune.checkpoints.safe_load import safe_torch_load
 
     package = safe_torch_load(resolve_mbd_path(path), trust_checkpoint=trust_checkpoint)
     missing = [key for key in ("sample_rate", "n_bands") if key not in package]

@@ -22,20 +22,13 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
+from data_prep.codec import load_codec, quantized_latent
 from data_prep.schema import SAMPLE_RATE
-from finetune.ema import EMA
-from finetune.mbd.decoder import BAND_PROCESSORS, BandConfig, BandModel, band_filter, codec_latent, load_bands
+from finetune.mbd.decoder import BAND_PROCESSORS, BandConfig, BandModel, band_filter, load_bands
 from finetune.mbd.processor import ProcessorConfig
 from finetune.mbd.schedule import ScheduleConfig
 from finetune.mbd.unet import UnetConfig
-
-
-def load_codec(codec: str) -> torch.nn.Module:
-    """transformers' EnCodec 32 kHz (hub id or folder), frozen and in eval mode."""
-    from transformers import EncodecModel
-
-    model = EncodecModel.from_pretrained(codec).eval()
-    return model.requires_grad_(False)
+from finetune.training.ema import EMA
 
 
 class MBDBand(L.LightningModule):
@@ -110,7 +103,7 @@ class MBDBand(L.LightningModule):
         self.model = released if released is not None else BandModel(self.band_cfg)
         self.model.train()
         self.split = band_filter(self.band_cfg)
-        self.ema = EMA(dict(self.model.unet.named_parameters()), ema_decay) if ema_decay else None
+        self.ema = EMA(dict(self.model.unet.named_parameters()), ema_decay, ema_every) if ema_decay else None
         self.generator = torch.Generator().manual_seed(seed)
 
     # ---- the loss ---------------------------------------------------------------------------------------------
@@ -118,7 +111,7 @@ class MBDBand(L.LightningModule):
     def condition(self, audio: torch.Tensor) -> torch.Tensor:
         """EnCodec's quantized latent `[B, D, N / 640]` of mono audio `[B, 1, N]` (all four codebooks, 2.2 kbps)."""
         codes = self.codec.encode(audio, bandwidth=self.codec.config.target_bandwidths[-1]).audio_codes[0]  # [B, K, T]
-        return codec_latent(self.codec, codes)
+        return quantized_latent(self.codec, codes)
 
     def losses(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item MSE `[B]` and the steps `[B]` they were drawn at."""
@@ -135,9 +128,10 @@ class MBDBand(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None and self.global_step % self.hparams.ema_every == 0:
-            self.ema.update()
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not at batch end: see finetune/training/ema.py
+            self.ema.after_optimizer_step(self.global_step)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(2, self.hparams.num_stages)  # [loss sum, count] per stage
@@ -187,7 +181,7 @@ class MBDBand(L.LightningModule):
         import soundfile as sf
         from lightning.pytorch.loggers import WandbLogger
 
-        from finetune.callbacks import spectrogram_png
+        from finetune.evaluation.plots import spectrogram_png
 
         generated = self.regenerate(audio).float().cpu().numpy()  # [B, 1, N]
         reference = self.split(audio)[self.band_cfg.band].float().cpu().numpy()
@@ -243,7 +237,7 @@ class MBDBand(L.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str, trust_checkpoint: bool = False) -> MBDBand:
         """Rebuild a trained band from an mgft MBD checkpoint (loaded without running code)."""
-        from finetune.safe_load import safe_torch_load
+        from finetune.checkpoints.safe_load import safe_torch_load
 
         checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}

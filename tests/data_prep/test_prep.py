@@ -393,9 +393,9 @@ def test_hard_panned_stereo_keeps_left_and_right_apart(tmp_path: Path, tiny_mode
 
     from transformers import EncodecModel
 
-    from data_prep import synth
-    from finetune.generate import decode_codes
-    from finetune.models.tiny_codec import log_mel_correlation
+    from data_prep.codec import decode_codes
+    from testkit import synth
+    from testkit.tiny_codec import log_mel_correlation
 
     spec = synth.plan_catalog(1, 4.0, seed=11)[0]
     spec = dataclasses.replace(spec, sample_rate=SAMPLE_RATE, frames=4 * SAMPLE_RATE, channels=2)

@@ -22,7 +22,7 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 def build_tiny_htdemucs_repo(out_dir: Path, sources: list[str] | None = None, seed: int = 0) -> Path:
     """Test-only builder: a random tiny HTDemucs written as `out_dir/htdemucs.yaml` + `out_dir/<sig>.th`.
 
-    Used when `finetune.models.tiny.write_htdemucs` is unavailable, and for models with non-standard sources.
+    Used when `testkit.tiny_models.write_htdemucs` is unavailable, and for models with non-standard sources.
     The package is the dict `demucs.states.load_model` reads (serialize_model itself needs omegaconf).
     """
     from demucs.htdemucs import HTDemucs
@@ -54,7 +54,7 @@ def build_tiny_htdemucs_repo(out_dir: Path, sources: list[str] | None = None, se
 def write_repo(out_dir: Path) -> Path:
     """The project's tiny htdemucs writer when it is importable, else the test-only builder."""
     try:
-        from finetune.models.tiny import write_htdemucs
+        from testkit.tiny_models import write_htdemucs
     except ImportError:
         return build_tiny_htdemucs_repo(out_dir)
     return Path(write_htdemucs(out_dir, size="tiny", seed=0))

@@ -105,3 +105,15 @@ class HangAt(L.Callback):
 
         while trainer.global_step >= self.step:
             time.sleep(0.5)
+
+
+class WeightRecorder(L.Callback):
+    """Saves the trainable weights after every optimizer step to `out_dir/step{N}.pt` (N = the trainer's step)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        torch.save(weights, self.out_dir / f"step{trainer.global_step}.pt")

@@ -22,7 +22,7 @@ LORA = "recipes/tiny/stereo-melody-lora.yaml"
 
 def _catalog_shards(root: Path, models: Path, name: str, tracks: int, style: str, seed: int) -> Path:
     from data_prep.prep import prep
-    from data_prep.synth import synth_catalog
+    from testkit.synth import synth_catalog
 
     synth_catalog(str(root / f"catalog-{name}"), tracks=tracks, seconds=10.0, seed=seed, style=style)
     out = root / f"shards-{name}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.generate import decode_codes
+from data_prep.codec import decode_codes
 from finetune.mbd.decoder import MBD_FILENAME, load_bands, load_mbd, re_eq, save_mbd
 
 

@@ -56,9 +56,9 @@ def test_validation_denoising_loss_falls_with_training(band0: Path, tiny_models_
 
 def test_pack_four_bands_and_generate_with_the_mbd_decoder(band0: Path, tiny_models_dir: Path, audio_shards: Path,
                                                            tmp_path: Path) -> None:
-    from finetune.generate import generate
+    from finetune.inference.generate import generate
     from finetune.mbd.decoder import load_bands
-    from finetune.models.tiny import write_musicgen
+    from testkit.tiny_models import write_musicgen
 
     codec = tiny_models_dir / "encodec_32khz"
     ckpts = [band0]
@@ -104,3 +104,26 @@ def test_init_from_a_released_file_takes_its_band(tiny_models_dir: Path, tiny_mb
 def test_bad_band_fails_before_any_model_is_built(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="band 7"):
         MBDBand(str(tmp_path / "no-codec-here"), band=7)
+
+
+def test_a_checkpoint_holds_the_ema_of_its_own_step(tiny_models_dir: Path, audio_shards: Path,
+                                                    tmp_path: Path) -> None:
+    """ModelCheckpoint runs before the module's batch-end hook: an EMA updated there would be one step behind."""
+    decay, steps = 0.8, 20
+    ckpt = _fit(tiny_models_dir / "encodec_32khz", audio_shards, tmp_path / "run", "--trainer.max_steps", str(steps),
+                "--model.ema_decay", str(decay), "--model.sample_items", "0",
+                "--trainer.callbacks+=tests.finetune.helpers.WeightRecorder",
+                "--trainer.callbacks.out_dir", str(tmp_path / "weights"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / f"step{steps:06d}.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == steps and ckpt.exists()
+    count, expected = 0.0, None
+    for step in range(1, steps + 1):  # audiocraft's unbiased EMA over the weights after each step
+        weights = torch.load(tmp_path / "weights" / f"step{step}.pt", weights_only=True)
+        count = count * decay + 1
+        w = 1 / count
+        current = {k.removeprefix("model.unet."): v.float() for k, v in weights.items()}
+        expected = current if expected is None else {k: expected[k] * (1 - w) + current[k] * w for k in current}
+    shadow = checkpoint["mgft_ema"]["shadow"]
+    assert set(shadow) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(shadow[key], value, rtol=1e-6, atol=1e-7, msg=key)

@@ -1,0 +1,1 @@
+"""Checkpoint files: atomic writes, safe loading, audiocraft's and transformers' formats, export."""

@@ -1,0 +1,23 @@
+"""Loading a model for generation or evaluation: one path for mgft checkpoints and transformers folders / hub ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = False):
+    """A `MusicGenLM` in eval mode on `device`, from an mgft checkpoint (`.ckpt`, EMA weights when the run kept an
+    EMA, LoRA adapters applied) or from a transformers MusicGen folder or hub id.
+
+    Args:
+        path: a `.ckpt` written by `mgft fit`, a folder saved by `save_pretrained`, or a hub id.
+        device: where the model goes.
+        trust_checkpoint: allow checkpoints that need arbitrary unpickling (never for files you did not make).
+    """
+    from finetune.lm.module import MusicGenLM
+
+    if Path(path).is_file() and path.endswith(".ckpt"):
+        module, _ = MusicGenLM.from_checkpoint(path, trust_checkpoint)
+    else:
+        module = MusicGenLM(pretrained=path, ema_decay=None)
+    return module.to(device).eval()

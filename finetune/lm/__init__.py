@@ -1,0 +1,1 @@
+"""The MusicGen language model: LightningModule, data, delay pattern, loss, conditions, captions, loading."""

@@ -1,0 +1,354 @@
+"""The MusicGen LightningModule: transformers' MusicGen / MusicGen-Melody trained with audiocraft's semantics.
+
+A batch's path to the loss (shapes for K codebooks, T frames, S = T + 1 delayed steps, D model width):
+
+    captions --(CFG / word dropout)--> frozen T5 (fp32) --> enc_to_dec_proj * mask        # [B, L, D]
+    chroma   --(CFG / attribute dropout)--> audio_enc_to_dec_proj * valid mask          # [B, 235, D] (melody)
+    codes [B, K, T] --> delayed inputs [B, K, S] --> MusicGen decoder --> logits [B, K, S, card]
+    logits --> aligned to codes [B, K, T] --> masked per-codebook cross-entropy, mean over K
+
+Text models attend to the text by cross-attention *without* a key padding mask (padded positions are zero vectors, as
+in audiocraft; facts G.4); melody models prepend [chroma, text] to the audio sequence (facts C.2).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from finetune.lm.captions import word_dropout
+from finetune.lm.conditioning import (
+    MELODY_DEFAULTS,
+    TEXT_DEFAULTS,
+    batch_draw,
+    melody_condition,
+    text_condition,
+)
+from finetune.lm.load import load_musicgen
+from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
+from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for, loss_mask
+from finetune.training.ema import EMA
+
+NULL_CHROMA_FRAMES = 5
+"""audiocraft trains a nulled melody as a length-0 wav: its chroma is 5 masked (all-zero) frames (facts C.1)."""
+
+
+class MusicGenLM(L.LightningModule):
+    """Fine-tune a MusicGen language model (text, melody, stereo; full or LoRA)."""
+
+    def __init__(
+        self,
+        pretrained: str,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.1,
+        eps: float = 1e-8,
+        warmup_steps: int = 4000,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        cfg_dropout: float | None = None,
+        word_dropout: float | None = None,
+        chroma_dropout: float | None = None,
+        dropout: float = 0.0,
+        ema_decay: float | None = 0.99,
+        ema_every: int = 10,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        lora_targets: list[str] | None = None,
+        freeze: list[str] | None = None,
+        mono_to_stereo: bool = False,
+        gradient_checkpointing: bool = False,
+        max_nonfinite_steps: int = 5,
+        seed: int = 0,
+        audiocraft_base: str | None = None,
+    ) -> None:
+        """Build the model from a transformers checkpoint (hub id or local directory).
+
+        Args:
+            pretrained: MusicGen or MusicGen-Melody checkpoint: a hub id (facebook/musicgen-small) or a directory.
+            lr: Peak learning rate (AdamW).
+            betas: AdamW betas; audiocraft uses (0.9, 0.95), not transformers' (0.9, 0.999).
+            weight_decay: Decoupled weight decay on every trainable parameter (audiocraft excludes none).
+            eps: AdamW epsilon.
+            warmup_steps: Linear warmup from 0 to `lr`; then cosine decay to `min_lr_ratio * lr`.
+            total_steps: Length of the schedule (default: the trainer's max_steps).
+            min_lr_ratio: Final learning rate as a fraction of `lr`.
+            cfg_dropout: Probability that a batch trains unconditionally (default 0.3 text, 0.2 melody).
+            word_dropout: T5 word dropout (default 0.3 text, 0.2 melody).
+            chroma_dropout: Melody attribute dropout of the chroma (default 0.5 for melody models).
+            dropout: Decoder dropout; audiocraft trained with 0.0 while hub configs say 0.1 (facts G.6).
+            ema_decay: EMA decay of the trainable weights (None disables EMA); validation uses the EMA weights.
+            ema_every: Update the EMA every this many optimizer steps (audiocraft: 10).
+            lora_rank: LoRA rank; 0 trains the full model. With LoRA only the adapters train and are checkpointed.
+            lora_alpha: LoRA scaling numerator.
+            lora_dropout: Dropout on the LoRA path.
+            lora_targets: Decoder module names to adapt (default q/k/v/out projections and the feed-forward).
+            freeze: Name prefixes of parameters to freeze in a full fine-tune (e.g. decoder.model.decoder.embed_tokens).
+            mono_to_stereo: Initialize a stereo model from a mono checkpoint (codebook k takes mono's k // 2).
+            gradient_checkpointing: Recompute decoder activations in backward to save memory.
+            max_nonfinite_steps: Stop after this many consecutive steps with non-finite loss or gradients.
+            seed: Seed of the batch-level condition dropouts (identical on every rank).
+            audiocraft_base: When `pretrained` is an audiocraft export (state_dict.bin), the transformers MusicGen
+                checkpoint that supplies T5, EnCodec and the tokenizer (default: the facebook/musicgen-* hub one).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model, self.tokenizer, self.is_melody = load_musicgen(
+            pretrained, dropout=dropout, mono_to_stereo=mono_to_stereo, audiocraft_base=audiocraft_base
+        )
+        decoder_cfg = self.model.config.decoder
+        self.num_codebooks = decoder_cfg.num_codebooks
+        self.delays = delays_for(decoder_cfg.num_codebooks, getattr(decoder_cfg, "audio_channels", 1))
+        self.card = decoder_cfg.vocab_size
+        defaults = MELODY_DEFAULTS if self.is_melody else TEXT_DEFAULTS
+        self.cfg_dropout = defaults["cfg_dropout"] if cfg_dropout is None else cfg_dropout
+        self.word_dropout = defaults["word_dropout"] if word_dropout is None else word_dropout
+        self.chroma_dropout = defaults["chroma_dropout"] if chroma_dropout is None else chroma_dropout
+
+        # Frozen as in audiocraft: T5 and EnCodec never train; the projections into the decoder do.
+        self.model.text_encoder.requires_grad_(False)
+        self.model.audio_encoder.requires_grad_(False)
+        if lora_rank > 0:
+            self._add_lora(lora_rank, lora_alpha, lora_dropout, lora_targets)
+        for prefix in freeze or []:
+            matched = [p.requires_grad_(False) for n, p in self.model.named_parameters() if n.startswith(prefix)]
+            if not matched:
+                raise ValueError(f"freeze: no parameter name starts with {prefix!r}")
+        if gradient_checkpointing:
+            self.model.decoder.gradient_checkpointing_enable()
+        # Only trainable weights go into checkpoints; the rest is reloaded from `pretrained`.
+        self.strict_loading = False
+        self.ema = EMA(self._trainable(), ema_decay, ema_every) if ema_decay else None
+        self._nonfinite_streak = 0
+        self._nonfinite_total = 0
+        self._step_skipped = False
+        self._last_step_time: float | None = None
+        self._val_sums: torch.Tensor | None = None
+        self.last_cfg_null = False
+        # from_pretrained returns eval mode and Lightning 2.x keeps module modes as it finds them; transformers'
+        # gradient checkpointing and LoRA dropout only act in train mode.
+        self.train()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, trust_checkpoint: bool = False) -> tuple[MusicGenLM, dict[str, Any]]:
+        """Rebuild a trained module from an mgft checkpoint, with EMA weights loaded when the run kept an EMA.
+
+        Returns the module (eval mode) and the checkpoint dict. Checkpoints load with `weights_only=True`.
+        """
+        from finetune.checkpoints.safe_load import safe_torch_load
+
+        checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
+        # LightningCLI adds private entries (`_instantiator`, `_class_path`) that are not constructor arguments.
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        module = cls(**hparams)
+        module.on_load_checkpoint(checkpoint)  # validates the keys, restores the EMA
+        module.load_state_dict(checkpoint["state_dict"], strict=False)
+        if module.ema is not None:  # audiocraft exports and samples from the EMA weights
+            with torch.no_grad():
+                for name, param in module.ema.params.items():
+                    param.copy_(module.ema.shadow[name].to(param.dtype))
+        return module.eval(), checkpoint
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+    def _add_lora(self, rank: int, alpha: float, dropout: float, targets: list[str] | None) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                            target_modules=targets or ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+        self.model.requires_grad_(False)
+        inject_adapter_in_model(config, self.model.decoder)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def train(self, mode: bool = True) -> MusicGenLM:
+        super().train(mode)
+        # Frozen parts stay in eval mode (no T5 dropout), as audiocraft's T5Conditioner with finetune=False.
+        self.model.text_encoder.eval()
+        self.model.audio_encoder.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "describe"):
+            found = datamodule.describe()
+            if found.get("num_codebooks") not in (None, self.num_codebooks):
+                raise ValueError(f"the shards hold {found['num_codebooks']} codebooks but {self.hparams.pretrained} "
+                                 f"has {self.num_codebooks}: prep with --channels {self.num_codebooks // 4}")
+            if self.is_melody and not found.get("has_chroma", True):
+                raise ValueError("a melody model needs shards prepped with --melody (chroma.npy)")
+        n_train = sum(p.numel() for p in self._trainable().values())
+        n_all = sum(p.numel() for p in self.model.parameters())
+        print(f"mgft: {n_train:,} trainable of {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def conditions(self, batch: dict[str, Any], train: bool) -> torch.Tensor:
+        """The decoder's condition: cross-attention memory (text) or prefix (melody), `[B, L, D]`."""
+        captions = list(batch["captions"])
+        b = len(captions)
+        step = self.global_step
+        cfg_null = train and batch_draw(self.hparams.seed, step, "cfg") < self.cfg_dropout
+        self.last_cfg_null = cfg_null  # what this batch trained with (logged, and checked across ranks in tests)
+        if train and self.word_dropout > 0:
+            # Seeded by (seed, step, rank): a resumed run drops the words the uninterrupted run would have.
+            rng = random.Random(f"{self.hparams.seed}:{step}:{self.global_rank}:words")
+            captions = [word_dropout(c, self.word_dropout, rng) if c else c for c in captions]
+        null = torch.full((b,), cfg_null, dtype=torch.bool)
+        text = text_condition(self.model, self.tokenizer, captions, null, self.device)  # [B, L, D]
+        if not self.is_melody:
+            return text
+        chroma_null = cfg_null or (train and batch_draw(self.hparams.seed, step, "chroma") < self.chroma_dropout)
+        if chroma_null or batch.get("chroma") is None:
+            proj = self.model.audio_enc_to_dec_proj
+            melody = proj.weight.new_zeros(b, NULL_CHROMA_FRAMES, proj.out_features)
+        else:
+            melody = melody_condition(self.model, batch["chroma"], batch["chroma_valid_frames"])  # [B, F, D]
+        return torch.cat([melody, text.to(melody.dtype)], dim=1)
+
+    def forward(self, batch: dict[str, Any], train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns logits aligned to the codes `[B, K, T, card]` and the loss mask `[B, K, T]`."""
+        codes = batch["codes"]  # [B, K, T]
+        b, k, t = codes.shape
+        if k != self.num_codebooks:
+            raise ValueError(f"batch has {k} codebooks, the model {self.num_codebooks}")
+        inputs = build_delayed_inputs(codes, self.delays, special=self.card)  # [B, K, S]
+        condition = self.conditions(batch, train)
+        if self.is_melody:
+            out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition)
+        else:
+            # No encoder_attention_mask: audiocraft attends to the zeroed padding (facts G.4).
+            out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition,
+                                     encoder_attention_mask=None)
+        logits = out.logits.reshape(b, k, -1, self.card)[:, :, -(t + 1):]  # [B, K, S, card]; drop the prefix
+        aligned, _ = align_logits(logits, self.delays)
+        return aligned, loss_mask(batch["valid_frames"], self.delays, t)
+
+    # ---- steps --------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, mask = self(batch, train=True)
+        loss, per_codebook = masked_codebook_ce(logits, batch["codes"], mask)
+        b = batch["codes"].shape[0]
+        if torch.isfinite(loss):
+            self.log("train/loss", loss, prog_bar=True, batch_size=b)
+            self.log_dict({f"train/ce_q{i}": ce for i, ce in enumerate(per_codebook)}, batch_size=b)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            frames = batch["valid_frames"].sum() * self.trainer.world_size
+            self.log("train/frames_per_s", frames.float() / (now - self._last_step_time), batch_size=b)
+        self._last_step_time = now
+        self.log("train/cfg_null", float(self.last_cfg_null), batch_size=b)
+        if batch.get("skipped"):
+            self.log("data/skipped_samples", float(batch["skipped"]), reduce_fx="sum", batch_size=b)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step on every rank together when any rank's gradients are non-finite."""
+        grads = [p.grad for p in self._trainable().values() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
+            if grads else torch.zeros((), device=self.device)
+        bad = torch.tensor(float(not torch.isfinite(norm)), device=self.device)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        self._step_skipped = bool(bad > 0)
+        if self._step_skipped:
+            for p in self._trainable().values():
+                p.grad = None  # AdamW skips parameters without gradients: the weights stay finite
+            self._nonfinite_total += 1
+            self._nonfinite_streak += 1
+            if self._nonfinite_streak >= self.hparams.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"{self._nonfinite_streak} consecutive steps had non-finite loss or gradients (step "
+                    f"{self.global_step}); stopping. Lower the learning rate, check the data, or resume from the last "
+                    "checkpoint (checkpoints never hold non-finite weights)."
+                )
+        else:
+            self._nonfinite_streak = 0
+            self.log("train/grad_norm", norm)
+        self.log("train/skipped_steps", float(self._nonfinite_total))
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not at batch end: see finetune/training/ema.py
+            self.ema.after_optimizer_step(self.global_step, skipped=self._step_skipped)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits, mask = self(batch, train=False)
+        sums = codebook_nll_sums(logits, batch["codes"], mask.bool())  # [2, K], token-weighted over the epoch
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = None
+        if self.ema is not None:
+            self._ema_ctx = self.ema.swapped()
+            self._ema_ctx.__enter__()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.ema is not None:
+            self._ema_ctx.__exit__(None, None, None)
+        if self._val_sums is None:
+            return
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum") if self.trainer.world_size > 1 \
+            else self._val_sums
+        ce_k = sums[0] / sums[1].clamp(min=1)
+        metrics = {"val/ce": ce_k.mean(), "val/ppl": ce_k.mean().exp()}
+        for i, ce in enumerate(ce_k):
+            metrics[f"val/ce_q{i}"] = ce
+            metrics[f"val/ppl_q{i}"] = ce.exp()
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+
+    # ---- optimization -------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(list(self._trainable().values()), lr=hp.lr, betas=tuple(hp.betas),
+                                      eps=hp.eps, weight_decay=hp.weight_decay)
+        total = hp.total_steps or self.trainer.max_steps
+        if not total or total < 0:
+            raise ValueError("set trainer.max_steps (or model.total_steps) so the cosine schedule has a length")
+        warmup = min(hp.warmup_steps, total)
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"model.{n}" for n in self._trainable()}
+        state = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise RuntimeError(f"refusing to checkpoint non-finite weights: {bad[:5]}")
+        checkpoint["state_dict"] = state
+        checkpoint["mgft"] = {
+            "pretrained": self.hparams.pretrained,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "nonfinite_total": self._nonfinite_total,
+            # The last logged values, for export model cards.
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+            if self._trainer is not None else {},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected = {f"model.{n}" for n in self._trainable()}
+        unknown = set(checkpoint["state_dict"]) - expected
+        missing = expected - set(checkpoint["state_dict"])
+        if unknown or missing:
+            raise RuntimeError(f"checkpoint does not match this model: {len(unknown)} unexpected keys "
+                               f"{sorted(unknown)[:3]}, {len(missing)} missing {sorted(missing)[:3]}")
+        extra = checkpoint.get("mgft", {})
+        if self.ema is not None and extra.get("ema"):
+            self.ema.load_state_dict(extra["ema"])
+        self._nonfinite_total = extra.get("nonfinite_total", 0)

@@ -1,1 +1,0 @@
-"""Model loading, tiny random-init presets and (later) the multi-band diffusion decoder."""

@@ -1,0 +1,1 @@
+"""Training plumbing kept apart from models and data: callbacks, EMA, loggers, preemption, watchdog, memory plan."""

@@ -1,0 +1,128 @@
+"""`mgft export` of a fine-tuned tiny stereo-melody LoRA: plain transformers loads it, audiocraft files, model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.__main__ import main
+from tests.finetune.test_fit import LORA, fit_args
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_lm_dir: Path, stereo_melody_shards: Path) -> Path:
+    """`last.ckpt` of a 4-step LoRA fine-tune of the tiny stereo-melody model on the prepped catalog."""
+    root = tmp_path_factory.mktemp("finetuned")
+    main(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, root, "--trainer.max_steps",
+                  "4", "--trainer.logger", "false", "--model.lr", "0.05", "--data.val_shards", "null"))
+    return root / "checkpoints" / "last.ckpt"
+
+
+def _inputs(tokenizer) -> dict:
+    text = tokenizer(["warm piano and soft drums"], return_tensors="pt")
+    chroma = torch.nn.functional.one_hot(torch.arange(20) % 12, 12).float()[None]
+    return {**text, "input_features": chroma}
+
+
+def test_hf_export_loads_with_plain_transformers_and_generates(finetuned: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    from finetune.lm.module import MusicGenLM
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "hf"), "--format", "hf"])
+    model = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert model.config.decoder.num_codebooks == 8 and model.config.decoder.audio_channels == 2
+    assert not any("lora" in k for k in model.state_dict())
+    assert model.generation_config.top_k == 250 and model.generation_config.guidance_scale == 3.0
+    assert model.generation_config.max_length == 1504  # 1500 frames + BOS + 3 delayed steps: 30 s, as audiocraft
+
+    # The merged export computes what the trained module (adapters unmerged) computes.
+    module, _ = MusicGenLM.from_checkpoint(str(finetuned))
+    inputs = _inputs(tokenizer)
+    decoder_ids = torch.randint(0, 2048, (8, 6))
+    with torch.no_grad():
+        ours = module.model(**inputs, decoder_input_ids=decoder_ids).logits
+        theirs = model(**inputs, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+    # The fine-tune changed the weights: an export equal to the base model would prove nothing.
+    base = MusicgenMelodyForConditionalGeneration.from_pretrained(module.hparams.pretrained).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(**inputs, decoder_input_ids=decoder_ids).logits, theirs, atol=1e-4)
+
+    audio = model.generate(**inputs, max_new_tokens=10, do_sample=True)
+    assert audio.shape[0] == 1 and audio.shape[1] == 2 and torch.isfinite(audio).all()
+
+
+def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_path: Path) -> None:
+    main(["export", str(finetuned), "--out", str(tmp_path / "both")])
+    for fmt in ("hf", "audiocraft"):
+        card = (tmp_path / "both" / fmt / "README.md").read_text()
+        assert "CC0-1.0" in card and "tracks" in card and "hours" in card
+        assert "lora_rank: 8" in card  # the resolved training config
+        assert "train/loss" in card
+    exported = tmp_path / "both" / "audiocraft"
+    package = torch.load(exported / "state_dict.bin", weights_only=True)
+    assert {"best_state", "xp.cfg", "version", "exported"} <= set(package)
+    assert "condition_provider.conditioners.self_wav.output_proj.weight" in package["best_state"]
+    assert torch.load(exported / "compression_state_dict.bin", weights_only=True)["pretrained"] == \
+        "facebook/encodec_32khz"
+
+
+def test_adapter_only_export_restores_the_merged_model(finetuned: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "adapter"), "--adapter-only"])
+    main(["export", str(finetuned), "--out", str(tmp_path / "hf"), "--format", "hf"])
+    config = LoraConfig.from_pretrained(tmp_path / "adapter")
+    base = MusicgenMelodyForConditionalGeneration.from_pretrained(config.base_model_name_or_path).eval()
+    inject_adapter_in_model(config, base.decoder)
+    set_peft_model_state_dict(base.decoder, load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    merged = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    from transformers import AutoTokenizer
+
+    inputs = _inputs(AutoTokenizer.from_pretrained(tmp_path / "hf"))
+    ids = torch.randint(0, 2048, (8, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(base(**inputs, decoder_input_ids=ids).logits,
+                                   merged(**inputs, decoder_input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_audiocraft_export_imports_back_as_pretrained(finetuned: Path, tmp_path: Path, tiny_lm_dir: Path) -> None:
+    from transformers import MusicgenMelodyForConditionalGeneration
+
+    from finetune.lm.load import load_musicgen
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "ac"), "--format", "audiocraft"])
+    main(["export", str(finetuned), "--out", str(tmp_path / "hf"), "--format", "hf"])
+    imported, tokenizer, is_melody = load_musicgen(str(tmp_path / "ac" / "state_dict.bin"),
+                                                  audiocraft_base=str(tiny_lm_dir / "musicgen-stereo-melody"))
+    assert is_melody
+    reference = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    inputs = _inputs(tokenizer)
+    ids = torch.randint(0, 2048, (8, 5))
+    with torch.no_grad():
+        # state_dict.bin holds fp16 weights, as the hub's audiocraft files do.
+        torch.testing.assert_close(imported.eval()(**inputs, decoder_input_ids=ids).logits,
+                                   reference(**inputs, decoder_input_ids=ids).logits, rtol=2e-2, atol=2e-2)
+
+
+def test_fit_continues_from_an_audiocraft_export(finetuned: Path, tmp_path: Path, tiny_lm_dir: Path,
+                                                 stereo_melody_shards: Path) -> None:
+    """`--model.pretrained DIR/state_dict.bin` trains: audiocraft LM weights, T5/EnCodec/tokenizer from the base."""
+    from finetune.lm.module import MusicGenLM
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "ac"), "--format", "audiocraft"])
+    main(fit_args(LORA, tmp_path / "ac", stereo_melody_shards, tmp_path / "run", "--trainer.max_steps", "2",
+                  "--trainer.logger", "false", "--data.val_shards", "null",
+                  "--model.audiocraft_base", str(tiny_lm_dir / "musicgen-stereo-melody")))
+    module, checkpoint = MusicGenLM.from_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert checkpoint["global_step"] == 2 and module.is_melody and module.num_codebooks == 8
+    exported = torch.load(tmp_path / "ac" / "state_dict.bin", weights_only=True)["best_state"]
+    # The fine-tune started from the export's (merged, fp16) weights, not from the base model's.
+    head = module.model.decoder.lm_heads[5].weight
+    torch.testing.assert_close(head, exported["linears.5.weight"].float())

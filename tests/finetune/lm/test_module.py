@@ -1,0 +1,200 @@
+"""MusicGenLM against independent implementations of audiocraft's training semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.lm.conditioning import batch_draw
+from finetune.lm.module import MusicGenLM
+
+
+def _batch(k: int, t: int, melody: bool, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    b = 3
+    batch = {
+        "codes": torch.randint(0, 2048, (b, k, t), generator=g),
+        "valid_frames": torch.tensor([t, t - 5, 4]),
+        "captions": ["a calm jazz piano trio", None, "upbeat electronic drums and bass"],
+        "keys": ["a", "b", "c"],
+        "skipped": 0,
+        "chroma": None,
+        "chroma_valid_frames": None,
+    }
+    if melody:
+        batch["chroma"] = F.one_hot(torch.randint(0, 12, (b, 9), generator=g), 12).float()
+        batch["chroma_valid_frames"] = torch.tensor([9, 6, 2])
+    return batch
+
+
+def audiocraft_inputs(codes: torch.Tensor, delays: list[int], special: int = 2048) -> torch.Tensor:
+    """audiocraft's DelayedPatternProvider + build_pattern_sequence(keep_only_valid_steps=True), as coordinates."""
+    b, k, t = codes.shape
+    layout = [[]] + [[(s - d, q) for q, d in enumerate(delays) if s - d >= 0] for s in range(t + max(delays))]
+    valid = layout[: t + 1]
+    out = torch.full((b, k, len(valid)), special, dtype=torch.long)
+    for step, coords in enumerate(valid):
+        for time_index, q in coords:
+            if time_index < t:
+                out[:, q, step] = codes[:, q, time_index]
+    return out
+
+
+def audiocraft_loss(raw_logits: torch.Tensor, codes: torch.Tensor, delays: list[int], valid: torch.Tensor):
+    """revert_pattern_logits + padding mask + MusicGenSolver._compute_cross_entropy, written as loops."""
+    b, k, s, card = raw_logits.shape
+    t = codes.shape[-1]
+    per_k = []
+    for q in range(k):
+        logits_q, targets_q = [], []
+        for i in range(b):
+            for ti in range(t):
+                step = ti + delays[q]  # the logit at `step` predicts layout step + 1, which holds code[q, ti]
+                if step <= t - 1 and ti < valid[i]:
+                    logits_q.append(raw_logits[i, q, step])
+                    targets_q.append(codes[i, q, ti])
+        per_k.append(F.cross_entropy(torch.stack(logits_q), torch.stack(targets_q)))
+    return torch.stack(per_k).mean()
+
+
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-melody"])
+def test_inputs_and_loss_match_audiocraft(tiny_lm_dir: Path, name: str) -> None:
+    from finetune.lm.loss import masked_codebook_ce
+
+    module = MusicGenLM(str(tiny_lm_dir / name), cfg_dropout=0.0, word_dropout=0.0, chroma_dropout=0.0)
+    captured = {}
+
+    def grab(mod, args, kwargs, out):
+        captured["input_ids"] = kwargs["input_ids"]
+        captured["logits"] = out.logits
+
+    handle = module.model.decoder.register_forward_hook(grab, with_kwargs=True)
+    batch = _batch(module.num_codebooks, 20, module.is_melody)
+    logits, mask = module(batch, train=True)
+    handle.remove()
+    loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
+
+    b, k, t = batch["codes"].shape
+    expected_inputs = audiocraft_inputs(batch["codes"], module.delays)
+    torch.testing.assert_close(captured["input_ids"].reshape(b, k, -1), expected_inputs, rtol=0, atol=0)
+    raw = captured["logits"].reshape(b, k, -1, module.card)[:, :, -(t + 1):]
+    torch.testing.assert_close(loss, audiocraft_loss(raw, batch["codes"], module.delays, batch["valid_frames"]))
+    if module.num_codebooks == 8:
+        assert module.delays == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_null_text_condition_is_all_zero_and_cfg_draw_is_rank_independent(tiny_lm_dir: Path) -> None:
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), cfg_dropout=1.0, word_dropout=0.0)
+    condition = module.conditions(_batch(4, 10, False), train=True)
+    assert module.last_cfg_null and not condition.abs().sum()
+    draws = [batch_draw(0, step, "cfg") < 0.3 for step in range(2000)]
+    assert abs(sum(draws) / len(draws) - 0.3) < 0.04
+    assert draws == [batch_draw(0, step, "cfg") < 0.3 for step in range(2000)]
+
+
+def test_melody_prefix_masks_padded_chroma_and_nulls_to_five_zero_frames(tiny_lm_dir: Path) -> None:
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-stereo-melody"), cfg_dropout=0.0, word_dropout=0.0,
+                        chroma_dropout=0.0)
+    batch = _batch(8, 10, True)
+    prefix = module.conditions(batch, train=True)
+    chroma_part = prefix[:, :9]
+    assert chroma_part[2, 2:].abs().sum() == 0 and chroma_part[2, :2].abs().sum() > 0
+    module.chroma_dropout = 1.0
+    nulled = module.conditions(batch, train=True)
+    assert nulled.shape[1] == 5 + prefix.shape[1] - 9 and nulled[:, :5].abs().sum() == 0
+
+
+def test_tiny_stereo_melody_overfits_a_few_samples(tiny_lm_dir: Path) -> None:
+    torch.manual_seed(0)
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-stereo-melody"), cfg_dropout=0.0, word_dropout=0.0,
+                        chroma_dropout=0.0, ema_decay=None)
+    from finetune.lm.loss import masked_codebook_ce
+
+    batch = _batch(8, 16, True)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(60):
+        logits, mask = module(batch, train=True)
+        loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[0] > 7.0  # ~ln(2048) at init
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_lora_trains_only_adapters(tiny_lm_dir: Path) -> None:
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), lora_rank=4)
+    trainable = module._trainable()
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    from finetune.lm.loss import masked_codebook_ce
+
+    opt = torch.optim.AdamW(list(trainable.values()), lr=1e-2)
+    for _ in range(3):
+        logits, mask = module(_batch(4, 12, False), train=True)
+        loss, _ = masked_codebook_ce(logits, _batch(4, 12, False)["codes"], mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+
+
+def test_mono_to_stereo_initialization(tiny_lm_dir: Path) -> None:
+    mono = MusicGenLM(str(tiny_lm_dir / "musicgen-small"))
+    stereo = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), mono_to_stereo=True)
+    assert stereo.num_codebooks == 8 and stereo.delays == [0, 0, 1, 1, 2, 2, 3, 3]
+    m, s = mono.model.decoder, stereo.model.decoder
+    for k in range(8):
+        torch.testing.assert_close(s.model.decoder.embed_tokens[k].weight, m.model.decoder.embed_tokens[k // 2].weight)
+        torch.testing.assert_close(s.lm_heads[k].weight, m.lm_heads[k // 2].weight)
+    torch.testing.assert_close(s.model.decoder.layers[0].fc1.weight, m.model.decoder.layers[0].fc1.weight)
+
+
+def test_ema_is_audiocrafts_unbiased_average() -> None:
+    from finetune.training.ema import EMA
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    ema = EMA({"p": p}, decay=0.5)
+    values = [1.0, 3.0, -2.0]
+    for v in values:
+        p.data.fill_(v)
+        ema.update()
+    # count_n = count_{n-1} * d + 1; w = 1 / count; ema = ema * (1 - w) + x * w  ==  weighted mean d^(n-i)
+    weights = [0.5**2, 0.5, 1.0]
+    expected = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    torch.testing.assert_close(ema.shadow["p"], torch.full((2,), expected))
+
+
+def test_trainable_parts_start_in_train_mode_and_frozen_parts_stay_in_eval(tiny_lm_dir: Path) -> None:
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), gradient_checkpointing=True)
+    assert module.model.decoder.training and module.model.decoder.model.decoder.gradient_checkpointing
+    assert not module.model.text_encoder.training and not module.model.audio_encoder.training
+    module.eval()
+    module.train()
+    assert module.model.decoder.training and not module.model.text_encoder.training
+
+
+def test_atomic_checkpoint_io_round_trip_and_refuses_pickles(tmp_path: Path) -> None:
+    from finetune.checkpoints.atomic import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 3}, tmp_path / "a.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.ckpt")
+    import pickle
+
+    with pytest.raises(pickle.UnpicklingError):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
