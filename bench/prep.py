@@ -88,7 +88,7 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
 
     from data_prep.chroma import ChromaExtractor
     from data_prep.stems import melody_stems
-    from testkit.tiny_models import htdemucs_kwargs
+    from testkit.tiny_configs import htdemucs_kwargs
 
     model = HTDemucs(**htdemucs_kwargs("real")).to(device).eval()
     params = sum(p.numel() for p in model.parameters())

@@ -13,8 +13,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from data_prep.atomic import atomic_write_text
 from data_prep.schema import MANIFEST_FILE, REJECTS_FILE, STATS_FILE
-from data_prep.shards import atomic_write_text, journal_path, read_journal
+from data_prep.shards import journal_path, read_journal
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data_prep import audio as audio_io
+from data_prep.atomic import atomic_write_text
 from data_prep.audio import RejectError
 from data_prep.catalog import Track, describe, partition, read_sidecar, scan
 from data_prep.schema import (
@@ -39,7 +39,6 @@ from data_prep.schema import (
 from data_prep.shards import (
     Journal,
     ShardWriter,
-    atomic_write_text,
     clean_uncommitted,
     encode_flac,
     journal_path,
@@ -116,8 +115,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class TrackDecoder(torch.utils.data.Dataset):
-    """Per-track CPU work, run in DataLoader workers: everything up to 32 kHz audio in the model's channel count."""
+class TrackDecoder:
+    """Per-track CPU work, run in DataLoader workers: everything up to 32 kHz audio in the model's channel count.
+
+    A map-style dataset (`__len__`, `__getitem__`), which is all `torch.utils.data.DataLoader` needs.
+    """
 
     def __init__(self, tracks: list[Track], settings: PrepSettings) -> None:
         self.tracks = tracks
@@ -203,6 +205,8 @@ class SegmentEncoder:
         for (t, i), c in zip(jobs, codes):
             t.codes[i] = c
         if self.demucs is not None:
+            import torch
+
             from data_prep.stems import melody_chroma
 
             for (t, i), wav in zip(jobs, batch):
@@ -415,6 +419,8 @@ def _run(
             writer.add_track(samples, row)
             counts["segments"] += len(samples)
         pending.clear()
+
+    import torch
 
     loader = torch.utils.data.DataLoader(
         TrackDecoder(todo, settings), batch_size=None, num_workers=workers, collate_fn=lambda x: x

@@ -30,6 +30,9 @@ FRAME_RATE = SAMPLE_RATE // HOP_LENGTH  # 50 Hz
 CODEBOOKS_PER_CHANNEL = 4
 CARDINALITY = 2048
 """Codebook size; MusicGen's special (pad/BOS) token is this value, so codes fit int16."""
+SPECIAL_TOKEN_ID = CARDINALITY
+"""MusicGen's special token (audiocraft's `special_token_id = card`; transformers' pad, BOS and decoder start): one
+past the codes, so every embedding table has 2049 rows."""
 
 CHROMA_N_FFT = 2**14
 CHROMA_HOP = CHROMA_N_FFT // 4

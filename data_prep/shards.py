@@ -12,13 +12,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
+
+from data_prep.atomic import fsync_dir
 
 
 def journal_path(out_dir: Path, rank: int) -> Path:
@@ -27,29 +27,6 @@ def journal_path(out_dir: Path, rank: int) -> Path:
 
 def shard_name(rank: int, index: int) -> str:
     return f"shard-r{rank:04d}-{index:06d}.tar"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file under a temporary name, fsync, and rename it into place.
-
-    The temporary name is unique per process and call: array tasks that start (or finish and merge) together write
-    the same files, and a shared temporary name lets one task rename the other's file away mid-write.
-    """
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -153,7 +130,7 @@ class ShardWriter:
         self.index = first_index
         self.max_samples = max_samples
         self.max_bytes = max_bytes
-        self._tar: wds.TarWriter | None = None
+        self._tar = None  # webdataset's TarWriter over the open temporary file
         self._file = None
         self._samples = 0
         self._bytes = 0
@@ -167,6 +144,8 @@ class ShardWriter:
         """Write all samples of one track into the open shard, then close the shard if it is full."""
         if self._tar is None:
             self._file = open(self.out_dir / (self.current_name + ".tmp"), "wb")
+            import webdataset as wds  # imports torch: only once there is something to write
+
             self._tar = wds.TarWriter(self._file)
         for sample in samples:
             self._bytes += self._tar.write(sample) or 0
@@ -184,7 +163,7 @@ class ShardWriter:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.out_dir / self.current_name)
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.out_dir)
         self.journal.shard(self.current_name, self._samples, self._tracks)
         self._tar, self._file = None, None
         self._samples, self._bytes, self._tracks = 0, 0, []

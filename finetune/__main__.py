@@ -1,6 +1,6 @@
 """The `mgft` command: `mgft -h` lists the subcommands.
 
-    mgft synth-catalog OUT --tracks 12 --seconds 20
+    mgft synth-catalog OUT --tracks 12 --seconds 20 [--style bright|dark]
     mgft tiny-models OUT
     mgft prep --input CATALOG --output SHARDS --codec PATH_OR_HUB_ID [--melody --demucs PATH_OR_NAME]
     mgft prep-merge SHARDS
@@ -13,8 +13,10 @@
     mgft mbd-fit --config recipes/mbd/band0.yaml --data.shards SHARDS   # one multi-band diffusion band
     mgft mbd-pack "runs/mbd/band*/checkpoints/last.ckpt" --out exports/mbd
 
-One table of commands; each is a typed function whose signature is its schema (jsonargparse), so unknown or
-mistyped flags fail before anything is loaded. Imports are lazy so `mgft -h` stays fast.
+One table of commands. Each plain command is a typed function whose signature is its schema (jsonargparse), so
+unknown or mistyped flags fail before anything is loaded; the Lightning commands are LightningCLI over a recipe
+(`finetune/cli.py`). `mgft -h` imports nothing but this file, and `mgft <command> -h` imports only that command's
+module, whose heavy imports (torch, transformers, Lightning) wait inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -25,20 +27,25 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-COMMANDS: dict[str, str] = {
-    "synth-catalog": "testkit.synth:synth_catalog",
-    "tiny-models": "testkit.tiny_models:tiny_models",
-    "prep": "data_prep.prep:prep",
-    "prep-merge": "data_prep.merge:prep_merge",
-    "generate": "finetune.inference.generate:generate",
-    "export": "finetune.checkpoints.export:export",
-    "mbd-pack": "finetune.mbd.pack:mbd_pack",
-    "eval": "finetune.evaluation.eval:evaluate",
-    "plan": "finetune.training.plan:plan",
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prep": ("data_prep.prep:prep", "catalog -> webdataset shards (EnCodec codes, chroma, audio, metadata)"),
+    "prep-merge": ("data_prep.merge:prep_merge", "merge the ranks of a parallel prep (manifest, rejects, stats)"),
+    "generate": ("finetune.inference.generate:generate", "music from a checkpoint, text prompts and a melody"),
+    "export": ("finetune.checkpoints.export:export", "a checkpoint as a transformers and/or audiocraft model"),
+    "eval": ("finetune.evaluation.eval:evaluate", "held-out CE, FAD and chroma against a baseline; HTML report"),
+    "plan": ("finetune.training.plan:plan", "will a recipe fit: parameters, memory and largest batch per GPU"),
+    "mbd-pack": ("finetune.mbd.pack:mbd_pack", "pack four trained MBD bands into mbd_musicgen_32khz.th"),
+    "synth-catalog": ("testkit.synth:synth_catalog", "synthesize a licensed stereo catalog (demo, tests)"),
+    "tiny-models": ("testkit.tiny_models:tiny_models", "write tiny models in the hub formats (demo, tests)"),
 }
+"""Plain commands: name -> (module:function, one line of help)."""
 
-
-LIGHTNING_COMMANDS = ("fit", "validate", "mbd-fit", "mbd-validate")
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a MusicGen LM from a recipe",
+    "validate": "validate a MusicGen LM checkpoint",
+    "mbd-fit": "train one multi-band diffusion band",
+    "mbd-validate": "validate one MBD band checkpoint",
+}
 """Handled by LightningCLI (finetune/cli.py): the model, data and trainer come from recipe YAML files."""
 
 
@@ -70,27 +77,36 @@ def normalize_flags(fn: Callable[..., Any], args: list[str]) -> list[str]:
     return out
 
 
+def usage() -> str:
+    """The text of `mgft -h`: every command with its line of help."""
+    width = max(map(len, [*COMMANDS, *LIGHTNING_COMMANDS]))
+    lines = ["usage: mgft COMMAND [options]   (mgft COMMAND -h for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Dispatch `mgft <command> ...` to the command's function."""
-    from jsonargparse import CLI
-
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in LIGHTNING_COMMANDS:
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if args[0] in LIGHTNING_COMMANDS:
         from finetune.cli import run
 
         run(args)
         return
-    if args and args[0] in COMMANDS:
-        # Only the chosen command's module is imported (torch, transformers and demucs are slow to import).
-        fn = _load(COMMANDS[args[0]])
-        if args[0] == "plan":  # `--config` is jsonargparse's own option (a file of arguments); plan's is the recipe
-            args = [args[0], *("--recipe" if a == "--config" else a for a in args[1:])]
-        CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
-        return
-    # `mgft`, `mgft -h` or an unknown command: build the full parser so help and errors list every command.
-    if not args or args[0] in ("-h", "--help"):
-        print("Lightning commands (see `mgft fit -h`): " + ", ".join(LIGHTNING_COMMANDS))
-    CLI({name: _load(target) for name, target in COMMANDS.items()}, args=args)
+    if args[0] not in COMMANDS:
+        print(f"mgft: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    from jsonargparse import CLI
+
+    # Only the chosen command's module is imported.
+    fn = _load(COMMANDS[args[0]][0])
+    if args[0] == "plan":  # `--config` is jsonargparse's own option (a file of arguments); plan's is the recipe
+        args = [args[0], *("--recipe" if a == "--config" else a for a in args[1:])]
+    CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
 
 
 if __name__ == "__main__":

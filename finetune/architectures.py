@@ -12,13 +12,10 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from data_prep.schema import CARDINALITY, HOP_LENGTH, SAMPLE_RATE
+from data_prep.schema import CARDINALITY, HOP_LENGTH, SAMPLE_RATE, SPECIAL_TOKEN_ID
 
 if TYPE_CHECKING:
     from transformers import EncodecConfig, MusicgenConfig, MusicgenMelodyConfig, T5Config
-
-SPECIAL_TOKEN_ID = CARDINALITY
-"""MusicGen's pad, BOS and decoder-start token: one past the 2048 codes, as in every hub config."""
 
 MUSICGEN_DECODERS: dict[str, tuple[int, int, int]] = {
     "small": (1024, 24, 16),
@@ -29,6 +26,10 @@ MUSICGEN_DECODERS: dict[str, tuple[int, int, int]] = {
 }
 """Decoder (hidden size, layers, heads) per checkpoint size; the feed-forward is 4 x hidden. Stereo checkpoints
 (`musicgen-stereo-<size>`) have the same decoders with 8 codebooks (docs/formats.md)."""
+
+LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+"""The decoder layers LoRA adapts unless a recipe says otherwise (`model.lora_targets`): every attention projection
+(self- and, in text models, cross-attention, which share these names) and both feed-forward linears."""
 
 # EnCodec 32 kHz as transformers' `convert_encodec_checkpoint_to_pytorch.py` sets it. The bandwidth picks the
 # codebook count: floor(2200 / (log2(2048) * 50 Hz)) = 4 codebooks, which holds only with 2048 codes and hop 640.

@@ -25,38 +25,22 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from testkit.tiny_configs import encodec_config
 
 if TYPE_CHECKING:
     from transformers import EncodecModel
 
 SAMPLE_RATE = 32_000
 ASSET = Path(__file__).with_name("tiny-encodec-32khz.safetensors")
-"""The committed tiny codec: the state dict of `EncodecModel(tiny_encodec_config())` after `train_tiny_codec()`."""
+"""The committed tiny codec: the state dict of `EncodecModel(encodec_config("tiny"))` after `train_tiny_codec()`."""
 
 # Training catalogs: the codec learns on one synthesized catalog and is measured on another (a different seed draws
 # other keys, tempi, instruments and melodies).
-# The tiny codec keeps the 32 kHz format (2048 codes, hop 640: the codebook count follows from them) and narrows
-# the layers.
-TINY_WIDTHS: dict[str, Any] = {
-    "num_filters": 4,
-    "hidden_size": 16,
-    "codebook_dim": 16,
-    "num_lstm_layers": 1,
-    "num_residual_layers": 1,
-}
-
-
-def tiny_encodec_config():
-    """The tiny EnCodec's transformers config: the 32 kHz format with `TINY_WIDTHS` (0.17M parameters)."""
-    from finetune.architectures import encodec_config
-
-    return encodec_config(**TINY_WIDTHS)
-
-
 TRAIN_CATALOG = {"tracks": 24, "seconds": 12.0, "seed": 1234}
 HELDOUT_CATALOG = {"tracks": 6, "seconds": 8.0, "seed": 4321}
 MEL_SCALES = (256, 512, 1024, 2048)  # n_fft of the multi-scale mel loss (hop n_fft // 4, 64 mel bands each)
@@ -350,7 +334,7 @@ def train_tiny_codec(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     items = synth_audio(**(catalog or TRAIN_CATALOG))
-    model = EncodecModel(tiny_encodec_config()).train()
+    model = EncodecModel(encodec_config("tiny")).train()
     loss_fn = ReconstructionLoss()
     samples = round(crop_seconds * SAMPLE_RATE)
 

@@ -2,7 +2,7 @@
 
 A random-init HTDemucs separates nothing: its "vocals + other" output has no pitch left in it, so the melody
 chroma of every segment is the same pitch class in every frame, and every melody test and the demo's chroma metric
-compare constants. This module trains the tiny architecture (`tiny_htdemucs_kwargs()`, 0.1M parameters) on
+compare constants. This module trains the tiny architecture (`tiny_configs.htdemucs_kwargs("tiny")`, 0.1M parameters) on
 the synthesized catalog, whose instruments are rendered as separate stems: drums -> drums, bass -> bass,
 pad -> other, lead -> vocals (the synthesized music has no singing; the lead carries the melody, as vocals do in
 the music audiocraft's melody conditioner was built for). The loss is demucs' own: L1 between the estimated and the
@@ -20,36 +20,15 @@ import dataclasses
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from testkit.tiny_configs import htdemucs_kwargs
+
 DEMUCS_RATE = 44_100
 ASSET = Path(__file__).with_name("tiny-htdemucs.safetensors")
-"""The committed tiny separator: the state dict of `HTDemucs(**tiny_htdemucs_kwargs())` after training."""
-
-# The tiny HTDemucs keeps the released STFT (nfft 4096 is baked into the hybrid branch shapes) and depth, with 4 base
-# channels. dconv_comp is lowered to 2 because the DConv hidden width is channels // comp and 4 // 8 = 0 makes a
-# zero-width conv that cannot run.
-TINY_ARCH: dict[str, Any] = {
-    "channels": 4,
-    "dconv_comp": 2,
-    "bottom_channels": 0,
-    "t_layers": 1,
-    "t_heads": 2,
-    "t_hidden_scale": 2.0,
-    "t_dropout": 0.0,
-    "t_sparse_attn_window": 500,  # the class default; the tiny one never used the released 400
-}
-
-
-def tiny_htdemucs_kwargs() -> dict:
-    """`HTDemucs(**kwargs)` of the tiny separator: the released architecture with `TINY_ARCH` (0.1M parameters)."""
-    from finetune.architectures import htdemucs_kwargs
-
-    return htdemucs_kwargs(**TINY_ARCH)
-
+"""The committed tiny separator: the state dict of `HTDemucs(**tiny_configs.htdemucs_kwargs("tiny"))` after training."""
 
 TRAIN_CATALOG = {"tracks": 24, "seconds": 12.0, "seed": 1234}
 HELDOUT_CATALOG = {"tracks": 6, "seconds": 8.0, "seed": 4321}
@@ -145,7 +124,7 @@ def train_tiny_htdemucs(steps: int = 400, batch_size: int = 4, crop_seconds: flo
     """
     from demucs.htdemucs import HTDemucs
 
-    kwargs = tiny_htdemucs_kwargs()
+    kwargs = htdemucs_kwargs("tiny")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tracks = synth_stems(**(catalog or TRAIN_CATALOG), sources=kwargs["sources"])

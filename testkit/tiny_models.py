@@ -38,39 +38,25 @@ import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
-import torch
-
-from finetune import architectures
-from testkit import tiny_codec, tiny_htdemucs
-
-if TYPE_CHECKING:
-    from transformers import (
-        EncodecConfig,
-        EncodecFeatureExtractor,
-        GenerationConfig,
-        MusicgenConfig,
-        MusicgenMelodyConfig,
-        PreTrainedModel,
-        T5Config,
-        T5Tokenizer,
-    )
-
-Size = Literal["tiny", "real"]
+from data_prep.schema import SPECIAL_TOKEN_ID
+from testkit.tiny_configs import (
+    MUSICGEN_NAMES,
+    TINY_T5_VOCAB_SIZE,
+    Size,
+    encodec_config,
+    htdemucs_kwargs,
+    musicgen_config,
+    t5_config,
+)
 
 ENCODEC = "encodec_32khz"
 HTDEMUCS = "htdemucs"
 MBD = "multiband-diffusion"
-MUSICGEN_NAMES: tuple[str, ...] = (
-    "musicgen-small",
-    "musicgen-stereo-small",
-    "musicgen-melody",
-    "musicgen-stereo-melody",
-)
 ALL_NAMES: tuple[str, ...] = (ENCODEC, HTDEMUCS, *MUSICGEN_NAMES, MBD)
 
-def count_params(model: torch.nn.Module) -> int:
+def count_params(model) -> int:
     """Count the parameters of a module.
 
     Args:
@@ -80,18 +66,6 @@ def count_params(model: torch.nn.Module) -> int:
         The total number of parameter elements (buffers excluded).
     """
     return sum(p.numel() for p in model.parameters())
-
-
-def htdemucs_kwargs(size: Size = "tiny") -> dict[str, Any]:
-    """The `HTDemucs(**kwargs)` arguments for the tiny or the released htdemucs architecture.
-
-    Args:
-        size: "tiny" for a CPU-test model, "real" for the released `955717e8` hyperparameters.
-
-    Returns:
-        Keyword arguments for `demucs.htdemucs.HTDemucs`, sources and sample rate included.
-    """
-    return tiny_htdemucs.tiny_htdemucs_kwargs() if size == "tiny" else architectures.htdemucs_kwargs()
 
 
 def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
@@ -111,7 +85,10 @@ def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
     Returns:
         `out_dir`.
     """
+    import torch
     from demucs.htdemucs import HTDemucs
+
+    from testkit import tiny_htdemucs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,19 +126,7 @@ def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
 # EnCodec 32 kHz
 # ---------------------------------------------------------------------------------------------------------------------
 
-def encodec_config(size: Size = "tiny") -> EncodecConfig:
-    """The EnCodec 32 kHz config (mono, hop 640, 50 Hz, 4 codebooks of 2048 at 2.2 kbps).
-
-    Args:
-        size: "tiny" (about 0.17M parameters) or "real" (the `facebook/encodec_32khz` architecture).
-
-    Returns:
-        A transformers `EncodecConfig`.
-    """
-    return tiny_codec.tiny_encodec_config() if size == "tiny" else architectures.encodec_config()
-
-
-def encodec_feature_extractor() -> EncodecFeatureExtractor:
+def encodec_feature_extractor():
     """The `EncodecFeatureExtractor` saved beside `facebook/encodec_32khz` (and inside each MusicGen processor).
 
     Returns:
@@ -173,7 +138,7 @@ def encodec_feature_extractor() -> EncodecFeatureExtractor:
     return EncodecFeatureExtractor(feature_size=1, sampling_rate=32_000, chunk_length_s=None, overlap=None)
 
 
-def build_encodec(size: Size, seed: int) -> PreTrainedModel:
+def build_encodec(size: Size, seed: int):
     """An EnCodec whose codes carry information (a random-init one maps every latent to code 0).
 
     tiny: the committed trained codec (`tiny_codec.ASSET`, see `testkit/tiny_codec.py`); it is the same for
@@ -189,10 +154,13 @@ def build_encodec(size: Size, seed: int) -> PreTrainedModel:
 
 
 @functools.lru_cache(maxsize=2)
-def _encodec_state(size: Size, seed: int) -> dict[str, torch.Tensor]:
+def _encodec_state(size: Size, seed: int) -> dict:
     """The state dict `build_encodec` loads, computed once per process (every MusicGen writer embeds it)."""
+    import torch
     from safetensors.torch import load_file
     from transformers import EncodecModel
+
+    from testkit import tiny_codec
 
     if size == "tiny":
         return load_file(str(tiny_codec.ASSET))
@@ -212,37 +180,10 @@ def _encodec_state(size: Size, seed: int) -> dict[str, torch.Tensor]:
 # t5-base's layout: <pad>=0, </s>=1, <unk>=2, the sentencepiece pieces, then <extra_id_99> ... <extra_id_0> last.
 T5_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "</s>", "<unk>")
 T5_EXTRA_IDS = 100
-# Embedding rows of the tiny T5; the offline tokenizer (pieces + 100 sentinels) must fit under it.
-TINY_T5_VOCAB_SIZE = 1024
 _TOKENIZER_PIECES = TINY_T5_VOCAB_SIZE - T5_EXTRA_IDS - 24  # trainer target, a little slack under the embedding rows
 
-_T5_TINY: dict[str, Any] = {
-    "vocab_size": TINY_T5_VOCAB_SIZE,
-    # Narrower than the tiny decoder (32), as t5-base (768) is narrower than MusicGen (1024+): transformers only
-    # creates `enc_to_dec_proj` (audiocraft's trained `output_proj`) when the widths differ.
-    "d_model": 24,
-    "d_kv": 16,
-    "d_ff": 128,
-    "num_layers": 2,
-    "num_heads": 2,
-    # Tiny models exist for tests: no dropout keeps train-mode forwards deterministic.
-    "dropout_rate": 0.0,
-}
-
-
-def t5_config(size: Size = "tiny") -> T5Config:
-    """The T5 text-encoder config inside every MusicGen checkpoint.
-
-    Args:
-        size: "tiny" (d_model 24, 2 layers, 1024-row vocab) or "real" (t5-base: d_model 768, 12 layers, 32128 vocab).
-
-    Returns:
-        A transformers `T5Config` (the composite model builds a `T5EncoderModel` from it).
-    """
-    return architectures.t5_config(**(_T5_TINY if size == "tiny" else {}))
-
-
-def _build_t5_encoder(size: Size, seed: int) -> PreTrainedModel:
+def _build_t5_encoder(size: Size, seed: int):
+    import torch
     from transformers import T5EncoderModel
 
     torch.manual_seed(seed)
@@ -343,7 +284,7 @@ def _t5_pieces() -> tuple[tuple[str, float], ...]:
     return tuple(specials + pieces)
 
 
-def build_t5_tokenizer() -> T5Tokenizer:
+def build_t5_tokenizer():
     """A T5-style tokenizer built offline (no hub): a small Unigram vocabulary trained on in-code music captions.
 
     Same layout and behaviour as t5-base's tokenizer: `<pad>`=0, `</s>`=1, `<unk>`=2, 100 `<extra_id_*>` sentinels
@@ -367,34 +308,7 @@ def build_t5_tokenizer() -> T5Tokenizer:
 # MusicGen (text, stereo, melody)
 # ---------------------------------------------------------------------------------------------------------------------
 
-_DECODER_TINY = (32, 2, 2)  # hidden, layers, heads
-
-
-def _is_melody(name: str) -> bool:
-    return "melody" in name
-
-
-def musicgen_config(name: str = "musicgen-small", size: Size = "tiny") -> MusicgenConfig | MusicgenMelodyConfig:
-    """The composite config (T5 text encoder, EnCodec 32 kHz audio encoder, decoder) of a MusicGen checkpoint.
-
-    Args:
-        name: one of "musicgen-small", "musicgen-stereo-small", "musicgen-melody", "musicgen-stereo-melody".
-        size: "tiny" (hidden 32, 2 layers, 2 heads, no dropout, tiny T5 and EnCodec) or "real" (the hub
-            architecture and field values, `finetune.architectures.musicgen_config`).
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    if name not in MUSICGEN_NAMES:
-        raise ValueError(f"unknown MusicGen name {name!r}; expected one of {MUSICGEN_NAMES}")
-    if size == "real":
-        return architectures.musicgen_config(name)
-    # Tiny models use dropout 0.0 so that tests are deterministic in train mode.
-    return architectures.musicgen_config(name, decoder=_DECODER_TINY, text=_T5_TINY, audio=tiny_codec.TINY_WIDTHS,
-                                         dropout=0.0)
-
-
-def musicgen_generation_config() -> GenerationConfig:
+def musicgen_generation_config():
     """The `generation_config.json` of the hub MusicGen checkpoints (written by transformers' conversion scripts).
 
     Returns:
@@ -404,9 +318,9 @@ def musicgen_generation_config() -> GenerationConfig:
 
     # top_k is not set, so transformers' default 50 applies; audiocraft samples with top_k=250 (facts E.3, G.10).
     return GenerationConfig(
-        bos_token_id=architectures.SPECIAL_TOKEN_ID,
-        decoder_start_token_id=architectures.SPECIAL_TOKEN_ID,
-        pad_token_id=architectures.SPECIAL_TOKEN_ID,
+        bos_token_id=SPECIAL_TOKEN_ID,
+        decoder_start_token_id=SPECIAL_TOKEN_ID,
+        pad_token_id=SPECIAL_TOKEN_ID,
         max_length=1500,
         do_sample=True,
         guidance_scale=3.0,
@@ -437,7 +351,7 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _report(name: str, model: torch.nn.Module, path: Path) -> None:
+def _report(name: str, model, path: Path) -> None:
     print(f"{name:<24} {count_params(model):>13,} params  {path}")
 
 
@@ -482,6 +396,7 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
         `out_dir`, loadable with `MusicgenForConditionalGeneration.from_pretrained` (or the Melody class) and
         `AutoTokenizer.from_pretrained`.
     """
+    import torch
     from transformers import (
         MusicgenForConditionalGeneration,
         MusicgenMelodyForConditionalGeneration,
@@ -489,7 +404,7 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
     )
 
     out_dir = Path(out_dir)
-    klass = MusicgenMelodyForConditionalGeneration if _is_melody(name) else MusicgenForConditionalGeneration
+    klass = MusicgenMelodyForConditionalGeneration if ("melody" in name) else MusicgenForConditionalGeneration
     with _quiet_transformers():
         config = musicgen_config(name, size)
         torch.manual_seed(seed)
@@ -499,7 +414,7 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
         model.generation_config = musicgen_generation_config()
         model.save_pretrained(out_dir)
         tokenizer = build_t5_tokenizer()
-        if _is_melody(name):
+        if ("melody" in name):
             tokenizer.save_pretrained(out_dir)
         else:
             processor = MusicgenProcessor(feature_extractor=encodec_feature_extractor(), tokenizer=tokenizer)
@@ -535,6 +450,8 @@ def write_mbd(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
     Returns:
         `out_dir`.
     """
+    import torch
+
     from finetune.mbd.decoder import BAND_PROCESSORS, MBD_FILENAME, BandConfig, BandModel, save_mbd
     from finetune.mbd.processor import MultiBandProcessor
 

@@ -71,3 +71,29 @@ def test_bad_values_fail_before_any_model_is_loaded(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--demucs"):
         prep(input=str(tmp_path), output=str(tmp_path / "o"), codec="nonexistent", melody=True)
     assert not (tmp_path / "o").exists()
+
+
+HELP_IMPORTS = """
+import sys
+from finetune.__main__ import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = [name for name in ("torch", "lightning", "transformers") if name in sys.modules]
+print("HEAVY=" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("command", ["-h", *COMMANDS])
+def test_help_imports_neither_torch_nor_lightning(command: str) -> None:
+    args = [command] if command == "-h" else [command, "--help"]
+    out = subprocess.run([sys.executable, "-c", HELP_IMPORTS, *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout.lower()
+    assert out.stdout.strip().endswith("HEAVY="), out.stdout[-300:]
+
+
+def test_unknown_command_lists_the_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "finetune", "fti"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "unknown command 'fti'" in out.stderr and "generate" in out.stderr

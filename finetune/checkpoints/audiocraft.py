@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
+from data_prep.schema import CARDINALITY
 from finetune.checkpoints.safe_load import resolve_interpolations, safe_torch_load
 
 if TYPE_CHECKING:
@@ -558,7 +559,7 @@ def hf_config_from_xp_cfg(
         raise ValueError("audiocraft config cannot be represented by transformers' MusicGen: " + "; ".join(problems))
 
     dim = int(lm["dim"])
-    card = int(lm.get("card", 2048))
+    card = int(lm.get("card", CARDINALITY))
     decoder_kwargs: dict[str, Any] = {
         "vocab_size": card,
         "hidden_size": dim,
@@ -599,14 +600,11 @@ def hf_config_from_xp_cfg(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a killed export never leaves a torn file under the real name."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through the atomic write: a killed export never leaves a torn file under the real name."""
+    from data_prep.atomic import atomic_write
+
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_audiocraft_export(
@@ -639,8 +637,8 @@ def write_audiocraft_export(
         k: v if k == CHROMA_WINDOW_KEY or not v.is_floating_point() else v.to(dtype).contiguous()
         for k, v in hf_to_audiocraft_lm(model).items()
     }
-    _atomic_torch_save({"best_state": state, "xp.cfg": xp_cfg, "version": version, "exported": True}, out / LM_FILENAME)
-    _atomic_torch_save(
+    _save({"best_state": state, "xp.cfg": xp_cfg, "version": version, "exported": True}, out / LM_FILENAME)
+    _save(
         {"pretrained": compression_model, "exported": True, "version": version}, out / COMPRESSION_FILENAME
     )
     return out

@@ -15,13 +15,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
-from data_prep.schema import STATS_FILE
+from data_prep.schema import SPECIAL_TOKEN_ID, STATS_FILE
+from finetune.architectures import LORA_TARGETS
 
 
-def merge_lora(model: torch.nn.Module) -> int:
+def merge_lora(model) -> int:
     """Fold every LoRA adapter into its base layer and put the plain layer back; returns how many were merged."""
     from peft.tuners.lora import LoraLayer
 
@@ -90,7 +90,8 @@ def export_hf(module, out: Path) -> Path:
     # audiocraft's sampling defaults (facts A.6, G.10); transformers' own default top_k is 50. transformers counts the
     # BOS column and the 3 delayed steps in max_length (frames = max_length - 4), so 1504 gives audiocraft's 30 s.
     generation.update(do_sample=True, top_k=250, temperature=1.0, guidance_scale=3.0, max_length=1504,
-                      decoder_start_token_id=2048, pad_token_id=2048, bos_token_id=2048)
+                      decoder_start_token_id=SPECIAL_TOKEN_ID, pad_token_id=SPECIAL_TOKEN_ID,
+                      bos_token_id=SPECIAL_TOKEN_ID)
     generation.save_pretrained(out)
     return out
 
@@ -136,7 +137,7 @@ def export(
         state = get_peft_model_state_dict(module.model.decoder)
         save_file({k: v.contiguous() for k, v in state.items()}, root / "adapter_model.safetensors")
         LoraConfig(r=hp["lora_rank"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
-                   target_modules=hp.get("lora_targets") or ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+                   target_modules=hp.get("lora_targets") or list(LORA_TARGETS),
                    base_model_name_or_path=hp["pretrained"]).save_pretrained(root)
         (root / "README.md").write_text(model_card(hp["pretrained"], summary, metrics, "hf", lora))
         return {"adapter": str(root)}

@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
-from data_prep.codec import decode_codes
 from data_prep.schema import SAMPLE_RATE
-from finetune.inference.load import load_for_inference
-from finetune.inference.sampler import Sampler, generate_codes
 
 
-def melody_chroma_for(path: str, demucs: str, device: str) -> torch.Tensor:
+def melody_chroma_for(path: str, demucs: str, device: str):
     """The melody condition of an audio file: 32 kHz mono -> HTDemucs vocals + other -> chroma `[1, F, 12]`."""
+    import torch
+
     from data_prep import audio as audio_io
     from data_prep.chroma import ChromaExtractor
     from data_prep.stems import load_demucs, melody_chroma
@@ -78,6 +76,11 @@ def generate(
         The WAV paths written.
     """
     import soundfile as sf
+
+    # Here, not at the top: `mgft generate -h` must not wait for torch and transformers.
+    from data_prep.codec import decode_codes
+    from finetune.inference.load import load_for_inference
+    from finetune.inference.sampler import Sampler, generate_codes
 
     if (prompt is None) == (prompts is None):
         raise ValueError("give exactly one of --prompt or --prompts")

@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from finetune.architectures import LORA_TARGETS
 from finetune.lm.captions import word_dropout
 from finetune.lm.conditioning import (
     MELODY_DEFAULTS,
@@ -160,7 +161,7 @@ class MusicGenLM(L.LightningModule):
         from peft import LoraConfig, inject_adapter_in_model
 
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                            target_modules=targets or ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+                            target_modules=targets or list(LORA_TARGETS))
         self.model.requires_grad_(False)
         inject_adapter_in_model(config, self.model.decoder)
         for name, p in self.model.named_parameters():

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from data_prep.schema import SPECIAL_TOKEN_ID
+
 __all__ = [
     "SPECIAL_TOKEN_ID",
     "align_logits",
@@ -39,9 +41,6 @@ __all__ = [
     "pattern_mask",
 ]
 
-# audiocraft's `LMModel.special_token_id = card`: EnCodec-32k has 2048 codes per codebook, so id 2048 is the
-# special/pad/BOS token and every embedding table has 2049 rows.
-SPECIAL_TOKEN_ID = 2048
 
 
 def delays_for(num_codebooks: int, audio_channels: int = 1) -> list[int]:

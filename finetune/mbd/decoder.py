@@ -27,6 +27,7 @@ import julius
 import torch
 from torch import nn
 
+from data_prep.atomic import atomic_write
 from data_prep.codec import decode_codes, quantized_latent
 from data_prep.schema import HOP_LENGTH, SAMPLE_RATE
 from finetune.mbd.processor import MultiBandProcessor, ProcessorConfig, SampleProcessor, build_processor
@@ -193,16 +194,9 @@ def mbd_package(bands: list[BandModel], sample_rate: int = SAMPLE_RATE) -> dict[
 
 
 def save_mbd(bands: list[BandModel], path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write an MBD file atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(mbd_package(bands, sample_rate), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write an MBD file atomically (`data_prep.atomic.atomic_write`)."""
+    package = mbd_package(bands, sample_rate)
+    return atomic_write(path, lambda f: torch.save(package, f))
 
 
 def resolve_mbd_path(path: str) -> Path:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from finetune.mbd.decoder import MBD_FILENAME, save_mbd
-from finetune.mbd.processor import MultiBandProcessor
-
 
 def mbd_pack(checkpoints: str, *, out: str, trust_checkpoint: bool = False) -> str:
     """Pack trained band checkpoints (any order) into one MBD file.
@@ -29,7 +26,9 @@ def mbd_pack(checkpoints: str, *, out: str, trust_checkpoint: bool = False) -> s
     Returns:
         The path written.
     """
+    from finetune.mbd.decoder import MBD_FILENAME, save_mbd
     from finetune.mbd.module import MBDBand
+    from finetune.mbd.processor import MultiBandProcessor
 
     paths = [p for part in checkpoints.split(",") if part.strip() for p in sorted(glob.glob(part.strip()))]
     if not paths:

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
+
+from finetune.architectures import LORA_TARGETS
 
 GB = 1024**3
 CUDA_CONTEXT_BYTES = 1.5 * GB
@@ -78,6 +79,7 @@ def t5_encoder_params(config) -> int:
 
 def encodec_params(config) -> int:
     """EnCodec's parameters, counted on a meta-device build (frozen; only its fp32 weights matter here)."""
+    import torch
     from transformers import EncodecModel
 
     with torch.device("meta"):
@@ -87,7 +89,7 @@ def encodec_params(config) -> int:
 def lora_params(config, rank: int, targets: list[str] | None) -> int:
     """Adapter parameters: rank x (in + out) per adapted linear of every decoder layer."""
     d, ffn = config.decoder.hidden_size, config.decoder.ffn_dim
-    targets = targets or ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    targets = targets or list(LORA_TARGETS)
     shapes = {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "out_proj": (d, d), "fc1": (d, ffn),
               "fc2": (ffn, d)}
     per_layer = sum(rank * sum(shapes[t]) for t in targets if t in shapes)

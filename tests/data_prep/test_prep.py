@@ -366,7 +366,7 @@ def test_concurrent_atomic_writes_of_one_file_do_not_collide(tmp_path: Path) -> 
     """Two array tasks writing prep_config.json (or merging) at the same moment must both succeed."""
     import threading
 
-    from data_prep.shards import atomic_write_text
+    from data_prep.atomic import atomic_write_text
 
     errors: list[BaseException] = []
 

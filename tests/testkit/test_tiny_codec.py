@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from testkit import tiny_codec
-from testkit.tiny_models import encodec_config
+from testkit.tiny_configs import encodec_config
 
 
 @pytest.fixture(scope="module")

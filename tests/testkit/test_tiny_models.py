@@ -12,17 +12,8 @@ import pytest
 import torch
 
 from finetune.architectures import HTDEMUCS_SOURCES
-from testkit.tiny_models import (
-    ALL_NAMES,
-    MUSICGEN_NAMES,
-    TINY_T5_VOCAB_SIZE,
-    build_t5_tokenizer,
-    count_params,
-    encodec_config,
-    htdemucs_kwargs,
-    musicgen_config,
-    tiny_models,
-)
+from testkit.tiny_configs import MUSICGEN_NAMES, TINY_T5_VOCAB_SIZE, encodec_config, htdemucs_kwargs, musicgen_config
+from testkit.tiny_models import ALL_NAMES, build_t5_tokenizer, count_params, tiny_models
 
 CAPTION = "A calm lofi hip hop track with rhodes piano and soft drums, 85 bpm."
 

@@ -1,0 +1,97 @@
+"""The tiny sizes: the hub architectures (`finetune.architectures`) narrowed until a CPU runs them in seconds.
+
+One table for every tiny model, read by the writers (`testkit.tiny_models`) and by the scripts that train the tiny
+EnCodec and HTDemucs (`testkit.tiny_codec`, `testkit.tiny_htdemucs`). Importing it costs no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from finetune import architectures
+
+Size = Literal["tiny", "real"]
+
+MUSICGEN_NAMES: tuple[str, ...] = (
+    "musicgen-small",
+    "musicgen-stereo-small",
+    "musicgen-melody",
+    "musicgen-stereo-melody",
+)
+
+TINY_DECODER = (32, 2, 2)
+"""hidden, layers, heads of every tiny MusicGen decoder (about 0.5M parameters of layers and 1M of embeddings/heads)."""
+
+TINY_ENCODEC_WIDTHS: dict[str, Any] = {
+    "num_filters": 4,
+    "hidden_size": 16,
+    "codebook_dim": 16,
+    "num_lstm_layers": 1,
+    "num_residual_layers": 1,
+}
+"""The tiny EnCodec keeps the 32 kHz format (2048 codes and hop 640, from which the 4 codebooks follow) and narrows
+the layers: 0.17M parameters."""
+
+TINY_T5_VOCAB_SIZE = 1024
+"""Embedding rows of the tiny T5; the offline tokenizer (pieces + 100 sentinels) must fit under it."""
+
+TINY_T5: dict[str, Any] = {
+    "vocab_size": TINY_T5_VOCAB_SIZE,
+    # Narrower than the tiny decoder (32), as t5-base (768) is narrower than MusicGen (1024+): transformers only
+    # creates `enc_to_dec_proj` (audiocraft's trained `output_proj`) when the widths differ.
+    "d_model": 24,
+    "d_kv": 16,
+    "d_ff": 128,
+    "num_layers": 2,
+    "num_heads": 2,
+    # Tiny models exist for tests: no dropout keeps train-mode forwards deterministic.
+    "dropout_rate": 0.0,
+}
+
+TINY_HTDEMUCS: dict[str, Any] = {
+    "channels": 4,
+    "dconv_comp": 2,
+    "bottom_channels": 0,
+    "t_layers": 1,
+    "t_heads": 2,
+    "t_hidden_scale": 2.0,
+    "t_dropout": 0.0,
+    "t_sparse_attn_window": 500,  # the class default
+}
+"""The tiny HTDemucs keeps the released STFT (nfft 4096 is baked into the hybrid branch shapes) and depth, with 4
+base channels: 0.1M parameters. dconv_comp is 2 because the DConv hidden width is channels // comp, and 4 // 8 = 0
+would be a zero-width conv that cannot run."""
+
+
+def encodec_config(size: Size = "tiny"):
+    """EnCodec 32 kHz (mono, hop 640, 50 Hz, 4 codebooks of 2048 at 2.2 kbps), tiny or real widths."""
+    return architectures.encodec_config(**(TINY_ENCODEC_WIDTHS if size == "tiny" else {}))
+
+
+def t5_config(size: Size = "tiny"):
+    """The T5 text encoder: tiny (d_model 24, 2 layers, 1024-row vocab) or t5-base."""
+    return architectures.t5_config(**(TINY_T5 if size == "tiny" else {}))
+
+
+def htdemucs_kwargs(size: Size = "tiny") -> dict[str, Any]:
+    """`demucs.htdemucs.HTDemucs(**kwargs)`, sources and sample rate included: tiny or the released `955717e8`."""
+    return architectures.htdemucs_kwargs(**(TINY_HTDEMUCS if size == "tiny" else {}))
+
+
+def musicgen_config(name: str = "musicgen-small", size: Size = "tiny"):
+    """The composite config (T5 text encoder, EnCodec 32 kHz audio encoder, decoder) of a MusicGen checkpoint.
+
+    Args:
+        name: one of `MUSICGEN_NAMES`.
+        size: "tiny" (`TINY_DECODER`, tiny T5 and EnCodec, dropout 0 so train-mode tests are deterministic) or
+            "real" (the hub architecture and field values).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in MUSICGEN_NAMES:
+        raise ValueError(f"unknown MusicGen name {name!r}; expected one of {MUSICGEN_NAMES}")
+    if size == "real":
+        return architectures.musicgen_config(name)
+    return architectures.musicgen_config(name, decoder=TINY_DECODER, text=TINY_T5, audio=TINY_ENCODEC_WIDTHS,
+                                         dropout=0.0)
