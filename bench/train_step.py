@@ -8,7 +8,7 @@ Real-size architectures with random weights (written once under bench/out/ by `m
 The "shards" step is what `mgft fit` runs: a batch of int16 codes from webdataset shards -> forward, backward,
 AdamW. The "on the fly" step first encodes the batch's audio with the real-size EnCodec (and runs HTDemucs + chroma
 for melody), which is what audiocraft's solver does every step. MFU counts 6 x matmul parameters + attention per
-frame (perf-reliability.md section 4) against `--peak-tflops`.
+frame (docs/performance.md) against `--peak-tflops`.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def _tokenizer_corpus(n_captions: int = 4000) -> list[str]:
         elif template == 1:
             lines.append(f"{mood.capitalize()} {genre} song in {key} at {bpm} bpm, {words}.")
         elif template == 2:
-            # audiocraft's metadata-merged captions (facts F): "field: value" pairs joined with ". ".
+            # audiocraft's metadata-merged captions (docs/formats.md): "field: value" pairs joined with ". ".
             lines.append(f"key: {key}. bpm: {bpm}.0. genre: {genre}. moods: {mood}, {mood2}. instrument: {inst}")
         else:
             lines.append(f"{genre.title()} {words} featuring {inst}, {mood} and {mood2}. {bpm} BPM")
@@ -316,7 +316,7 @@ def musicgen_generation_config():
     """
     from transformers import GenerationConfig
 
-    # top_k is not set, so transformers' default 50 applies; audiocraft samples with top_k=250 (facts E.3, G.10).
+    # top_k is not set, so transformers' default 50 applies; audiocraft samples with top_k=250 (docs/fidelity.md).
     return GenerationConfig(
         bos_token_id=SPECIAL_TOKEN_ID,
         decoder_start_token_id=SPECIAL_TOKEN_ID,
@@ -426,7 +426,7 @@ def write_musicgen(out_dir: Path, name: str = "musicgen-small", size: Size = "ti
 def mbd_unet_config(size: Size = "tiny"):
     """The band U-Net: audiocraft's basic.yaml with the EnCodec latent as condition and a transformer bottleneck.
 
-    Which bottleneck the released `mbd_musicgen_32khz.th` uses could not be read offline (facts D.3); a conditional
+    Which bottleneck the released `mbd_musicgen_32khz.th` uses could not be read offline (docs/mbd.md); a conditional
     MBD needs one (without it the condition is dropped), and the transformer is audiocraft's first choice.
 
     Returns:

@@ -1,7 +1,7 @@
 """transformers MusicGen <-> audiocraft checkpoints: state-dict key maps, `xp.cfg`, and the exported file layout.
 
 audiocraft cannot be installed next to a current torch, so its formats are read and written here directly
-(facts E.1-E.3):
+(docs/formats.md):
 
 * `state_dict.bin`: `{'best_state': <LMModel state_dict>, 'xp.cfg': <YAML str>, 'version': str, 'exported': True}`,
   written by audiocraft's `utils/export.py::export_lm` and read by `models/loaders.py::load_lm_model`, which rebuilds
@@ -191,7 +191,7 @@ def chroma_window() -> torch.Tensor:
 
 
 def hf_to_audiocraft_lm(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The audiocraft LM `best_state` of a transformers MusicGen model (facts E.2).
+    """The audiocraft LM `best_state` of a transformers MusicGen model (docs/formats.md).
 
     Args:
         model: a `MusicgenForConditionalGeneration` or `MusicgenMelodyForConditionalGeneration` (LoRA adapters must
@@ -357,12 +357,14 @@ def audiocraft_xp_cfg(
     segment_duration: float = 30.0,
     extra: Mapping[str, Any] | None = None,
 ) -> str:
-    """The YAML `xp.cfg` that audiocraft's `load_lm_model` / `builders.get_lm_model` / `MusicGen` need (facts E.1).
+    """The YAML `xp.cfg` that audiocraft's `load_lm_model`, `builders.get_lm_model` and `MusicGen` need.
+
+    See docs/formats.md for the keys.
 
     Values follow `AUDIOCRAFT_CONFIG_SOURCES`: `musicgen_lm.yaml` over `lm/default.yaml` for `transformer_lm` (every
     key there is an `LMModel`/`StreamingTransformer` argument), `text2music.yaml` or `chroma2music.yaml` for the
     conditioners, fuser and dropouts, and the solver defaults. Dims come from the model's decoder config. The
-    `dropout` is audiocraft's 0.0 (the hub's transformers configs carry 0.1 for no reason, facts G.6).
+    `dropout` is audiocraft's 0.0 (the hub's transformers configs carry 0.1 for no reason, docs/fidelity.md).
 
     Args:
         model: a transformers MusicGen model or its composite config.
@@ -573,7 +575,7 @@ def hf_config_from_xp_cfg(
         "pad_token_id": card,
         "bos_token_id": card,
         # Not a declared field of transformers' strict decoder config, but MusicgenForConditionalGeneration.forward
-        # (labels=...) reads it (facts G.2).
+        # (labels=...) reads it (docs/fidelity.md).
         "decoder_start_token_id": card,
     }
     if melody:

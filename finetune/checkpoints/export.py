@@ -87,7 +87,7 @@ def export_hf(module, out: Path) -> Path:
     model.save_pretrained(out)
     module.tokenizer.save_pretrained(out)
     generation = model.generation_config
-    # audiocraft's sampling defaults (facts A.6, G.10); transformers' own default top_k is 50. transformers counts the
+    # audiocraft's sampling defaults (docs/fidelity.md); transformers' own default top_k is 50. transformers counts the
     # BOS column and the 3 delayed steps in max_length (frames = max_length - 4), so 1504 gives audiocraft's 30 s.
     generation.update(do_sample=True, top_k=250, temperature=1.0, guidance_scale=3.0, max_length=1504,
                       decoder_start_token_id=SPECIAL_TOKEN_ID, pad_token_id=SPECIAL_TOKEN_ID,

@@ -1,6 +1,6 @@
 """Caption augmentation as audiocraft does it, as pure functions of an explicit `random.Random`.
 
-Two functions, each a draw-for-draw transcription of audiocraft (facts A.4 and F):
+Two functions, each a draw-for-draw transcription of audiocraft (docs/fidelity.md):
 
 - `augment_caption`: `audiocraft.data.music_dataset.augment_music_info_description`, the train-split text
   augmentation that merges metadata ("bpm: 120.0. genre: rock") into the description and sometimes drops the

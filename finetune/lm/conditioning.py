@@ -13,7 +13,7 @@ import hashlib
 
 import torch
 
-# audiocraft's defaults per conditioner config (facts A.4): text2music vs chroma2music.
+# audiocraft's defaults per conditioner config (docs/fidelity.md): text2music vs chroma2music.
 TEXT_DEFAULTS = {"cfg_dropout": 0.3, "word_dropout": 0.3, "chroma_dropout": 0.0}
 MELODY_DEFAULTS = {"cfg_dropout": 0.2, "word_dropout": 0.2, "chroma_dropout": 0.5}
 
@@ -30,7 +30,7 @@ def encode_text(tokenizer, text_encoder: torch.nn.Module, captions: list[str | N
     """Frozen T5 in fp32: returns hidden states `[B, L, 768]` and the attention mask `[B, L]`.
 
     A null caption (None, or nulled by CFG dropout) tokenizes as "" (`[</s>]`) and gets an all-zero mask, so its
-    projected condition is all zeros, as audiocraft's T5Conditioner does (facts A.4, G.5).
+    projected condition is all zeros, as audiocraft's T5Conditioner does (docs/fidelity.md).
     """
     texts = [c if c is not None else "" for c in captions]
     tokens = tokenizer(texts, padding=True, return_tensors="pt").to(device)

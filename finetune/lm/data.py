@@ -1,6 +1,6 @@
 """Training data: webdataset shards of EnCodec codes (written by `data_prep`) -> batches for the MusicGen LM.
 
-Train stream (perf-reliability 6.3, 6.4, 6.6)
+Train stream (docs/performance.md)
     `ResampledShards` (shards drawn with replacement) -> `tarfile_to_samples` -> decode -> shuffle buffer -> random
     crop + caption augmentation -> `batched`, and `.with_epoch(steps_per_epoch)` on the loader, so every rank yields
     exactly `steps_per_epoch` batches per epoch whatever its shards hold (unequal batch counts hang DDP all-reduce).

@@ -85,7 +85,7 @@ def load_musicgen(pretrained: str, dropout: float = 0.0, mono_to_stereo: bool = 
     `pretrained` is a transformers checkpoint (hub id or folder) or an audiocraft export (`state_dict.bin`, file or
     folder), whose T5, EnCodec and tokenizer come from `audiocraft_base` (default: the matching facebook/musicgen-*
     hub checkpoint). `dropout` overrides the decoder's dropout: the hub configs carry 0.1 but audiocraft trained with
-    0.0 (facts G.6).
+    0.0 (docs/fidelity.md).
     """
     from transformers import AutoConfig, AutoTokenizer
 

@@ -8,7 +8,7 @@ A batch's path to the loss (shapes for K codebooks, T frames, S = T + 1 delayed 
     logits --> aligned to codes [B, K, T] --> masked per-codebook cross-entropy, mean over K
 
 Text models attend to the text by cross-attention *without* a key padding mask (padded positions are zero vectors, as
-in audiocraft; facts G.4); melody models prepend [chroma, text] to the audio sequence (facts C.2).
+in audiocraft; docs/fidelity.md); melody models prepend [chroma, text] to the audio sequence (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for,
 from finetune.training.ema import EMA
 
 NULL_CHROMA_FRAMES = 5
-"""audiocraft trains a nulled melody as a length-0 wav: its chroma is 5 masked (all-zero) frames (facts C.1)."""
+"""audiocraft trains a nulled melody as a length-0 wav: its chroma is 5 masked (all-zero) frames (docs/fidelity.md)."""
 
 
 class MusicGenLM(L.LightningModule):
@@ -83,7 +83,7 @@ class MusicGenLM(L.LightningModule):
             cfg_dropout: Probability that a batch trains unconditionally (default 0.3 text, 0.2 melody).
             word_dropout: T5 word dropout (default 0.3 text, 0.2 melody).
             chroma_dropout: Melody attribute dropout of the chroma (default 0.5 for melody models).
-            dropout: Decoder dropout; audiocraft trained with 0.0 while hub configs say 0.1 (facts G.6).
+            dropout: Decoder dropout; audiocraft trained with 0.0 while hub configs say 0.1 (docs/fidelity.md).
             ema_decay: EMA decay of the trainable weights (None disables EMA); validation uses the EMA weights.
             ema_every: Update the EMA every this many optimizer steps (audiocraft: 10).
             lora_rank: LoRA rank; 0 trains the full model. With LoRA only the adapters train and are checkpointed.
@@ -225,7 +225,7 @@ class MusicGenLM(L.LightningModule):
         if self.is_melody:
             out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition)
         else:
-            # No encoder_attention_mask: audiocraft attends to the zeroed padding (facts G.4).
+            # No encoder_attention_mask: audiocraft attends to the zeroed padding (docs/fidelity.md).
             out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition,
                                      encoder_attention_mask=None)
         logits = out.logits.reshape(b, k, -1, self.card)[:, :, -(t + 1):]  # [B, K, S, card]; drop the prefix

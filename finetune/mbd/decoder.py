@@ -3,13 +3,13 @@
     mbd = load_mbd("facebook/multiband-diffusion", codec)     # or a local .th file / folder holding one
     wav = mbd.tokens_to_wav(codes)                              # [B, K, T] -> [B, C, T * 640]; K = 8 gives stereo
 
-Decoding (audiocraft's `MultiBandDiffusion.tokens_to_wav`, facts D.1): the condition is EnCodec's quantized latent
+Decoding (audiocraft's `MultiBandDiffusion.tokens_to_wav`, docs/mbd.md): the condition is EnCodec's quantized latent
 (the sum of the codebook vectors, `[B, 128, T]`); every band model starts from white noise of the full band and runs
 the 20-step subsampled sampler; the bands are summed; the result is re-equalized band by band (32 mel bands) to the
 standard deviations of the plain EnCodec decode. Stereo codes (L0, R0, L1, R1, ...) go through the mono models as a
 batch of left and right, the official workaround (audiocraft#401); the EQ statistics are batch-global, as audiocraft's.
 
-File layout (facts D.2): `{'sample_rate': 32000, 'n_bands': 4, 0: band, 1: band, ...}` with each band
+File layout (docs/mbd.md): `{'sample_rate': 32000, 'n_bands': 4, 0: band, 1: band, ...}` with each band
 `{'cfg': <DictConfig: channels, schedule, diffusion_unet, processor, filter, sample_rate>, 'model_state': U-Net
 state dict, 'processor_state': normalizer buffers}`. audiocraft pickles `cfg` as an OmegaConf DictConfig; so does
 `save_mbd` (omegaconf is a dependency for this alone), and `load_mbd` reads it without unpickling code

@@ -1,4 +1,4 @@
-"""MBD's per-band sample normalizer: audiocraft's `MultiBandProcessor`, quirks included (facts D.5).
+"""MBD's per-band sample normalizer: audiocraft's `MultiBandProcessor`, quirks included (docs/mbd.md).
 
 The waveform is split into `n_bands` mel-spaced bands (julius `SplitBands`); each band is shifted by its mean and
 rescaled towards the power of white noise in that band, to the power `power_std`:

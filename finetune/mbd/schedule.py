@@ -1,6 +1,6 @@
 """MBD's noise schedule: power-repartition betas, training items, and the 20-step subsampled DDPM sampler.
 
-Values are audiocraft's `config/solver/diffusion/default.yaml` (facts D.4): betas =
+Values are audiocraft's `config/solver/diffusion/default.yaml` (docs/mbd.md): betas =
 `linspace(beta_t0 ** (1/p), beta_t1 ** (1/p), 1000) ** p` with beta_t0 1e-5, beta_t1 2.9e-2, p 7.5, so that
 alpha_bar[499] = 0.8365, alpha_bar[749] = 0.3187, alpha_bar[999] = 0.00519. The model predicts the noise `eps`.
 """

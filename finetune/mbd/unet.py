@@ -1,7 +1,7 @@
 """The multi-band diffusion U-Net: audiocraft's `DiffusionUnet`, with its state-dict names so released weights load.
 
 One network per frequency band predicts the noise `eps` in a noisy waveform `[B, 1, N]` at diffusion step `t`,
-conditioned on EnCodec's quantized latent `[B, 128, N / 640]` (facts D.3):
+conditioned on EnCodec's quantized latent `[B, 128, N / 640]` (docs/mbd.md):
 
     x [B, 1, N] -> encoders (Conv1d k8 s4 -> GroupNorm -> ReLU -> ResBlock), + step embedding after each
                -> bottleneck [B, 3072, N / 256]: + conv_codec(latent) interpolated to its length, then a

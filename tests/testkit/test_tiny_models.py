@@ -57,7 +57,7 @@ def test_encodec_encodes_one_second_to_4x50_codes(models_dir: Path) -> None:
         out = model.encode(inputs["input_values"], inputs["padding_mask"], bandwidth=2.2)
     assert out.audio_codes.shape == (1, 1, 4, 50)
     assert 0 <= int(out.audio_codes.min()) and int(out.audio_codes.max()) < 2048
-    assert out.audio_scales == [None]  # normalize=False, as audiocraft asserts (facts A.1)
+    assert out.audio_scales == [None]  # normalize=False, as audiocraft asserts (docs/fidelity.md)
 
 
 def test_htdemucs_loads_with_get_model_and_separates(models_dir: Path) -> None:
@@ -91,7 +91,7 @@ def test_musicgen_labels_forward_gives_uniform_loss(models_dir: Path, name: str)
     tokenizer = AutoTokenizer.from_pretrained(models_dir / name)
     text = tokenizer([CAPTION, ""], padding=True, return_tensors="pt")
     torch.manual_seed(0)
-    labels = torch.randint(0, 2048, (2, 6, decoder.num_codebooks))  # (B, T, K): time before codebook (facts G.1)
+    labels = torch.randint(0, 2048, (2, 6, decoder.num_codebooks))  # (B, T, K): time before codebook (docs/fidelity.md)
     with torch.no_grad():
         out = model(**text, labels=labels)
     assert torch.isfinite(out.loss)
@@ -208,7 +208,7 @@ def test_real_sizes_match_the_hub_files() -> None:
     print(f"encodec_32khz real: {count_params(codec):,} params, {codec_state:,} state values")
     print(f"musicgen-small real: {count_params(small):,} params ({lm_params(small):,} LM)")
     print(f"musicgen-melody real: {count_params(melody):,} params ({lm_params(melody):,} LM)")
-    # Hub files (facts B): the 236 MB fp32 EnCodec export, 841 MB / 2.77 GB fp16 LM state_dict.bin.
+    # Hub files (docs/formats.md): the 236 MB fp32 EnCodec export, 841 MB / 2.77 GB fp16 LM state_dict.bin.
     assert codec_state * 4 == pytest.approx(236e6, rel=0.02)
     assert lm_params(small) * 2 == pytest.approx(841e6, rel=0.01)
     assert lm_params(melody) * 2 == pytest.approx(2.77e9, rel=0.01)

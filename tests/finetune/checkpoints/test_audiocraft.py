@@ -30,7 +30,8 @@ def _tiny(tmp_path: Path, name: str):
 
 
 def _expected_audiocraft_shapes(model, melody: bool) -> dict[str, tuple[int, ...]]:
-    """audiocraft's LMModel state-dict layout (facts E.2), written out from the config, independently of convert.py."""
+    """audiocraft's LMModel state-dict layout (docs/formats.md), written out from the config, independently of the
+    conversion code."""
     dec = model.config.decoder
     d, ffn, card, t5 = dec.hidden_size, dec.ffn_dim, dec.vocab_size, model.config.text_encoder.hidden_size
     shapes: dict[str, tuple[int, ...]] = {
@@ -111,7 +112,7 @@ def test_audiocraft_export_has_audiocrafts_keys_shapes_and_config(tmp_path: Path
     xp = yaml.safe_load(package["xp.cfg"])  # a YAML string, as audiocraft's export_lm writes
     dec = model.config.decoder
     stereo = dec.audio_channels == 2
-    # What builders.get_lm_model / get_conditioner_provider / genmodel read (facts E.1).
+    # What builders.get_lm_model / get_conditioner_provider / genmodel read (docs/formats.md).
     assert xp["lm_model"] == "transformer_lm"
     lm = xp["transformer_lm"]
     assert (lm["dim"], lm["num_heads"], lm["num_layers"], lm["n_q"], lm["card"]) == (

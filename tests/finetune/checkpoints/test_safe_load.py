@@ -76,7 +76,7 @@ def test_audiocraft_omegaconf_checkpoints_load_as_plain_dicts(tmp_path: Path) ->
         0: {"cfg": cfg.schedule, "model_state": {"w": torch.ones(1)}},
     }
     torch.save(package, tmp_path / "checkpoint.th")
-    with pytest.raises(pickle.UnpicklingError):  # torch's own safe loader refuses DictConfig (facts G.11)
+    with pytest.raises(pickle.UnpicklingError):  # torch's own safe loader refuses DictConfig (docs/formats.md)
         torch.load(tmp_path / "checkpoint.th", weights_only=True)
 
     loaded = safe_torch_load(tmp_path / "checkpoint.th")

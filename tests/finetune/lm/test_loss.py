@@ -96,7 +96,7 @@ def test_accepts_broadcast_pattern_mask() -> None:
 @pytest.mark.parametrize("audio_channels", [1, 2], ids=["mono", "stereo"])
 def test_equals_transformers_model_loss_on_audiocraft_labels(audio_channels: int) -> None:
     """End to end with a tiny `MusicgenForCausalLM`: audiocraft's loss (our inputs, align_logits, pattern mask) equals
-    HF's own `forward(labels=...)` loss on the delayed labels truncated to the first T positions (facts G.3)."""
+    HF's own `forward(labels=...)` loss on the delayed labels truncated to the first T positions (docs/fidelity.md)."""
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
     K, T, B = 4 * audio_channels, 7, 2

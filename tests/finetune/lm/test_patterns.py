@@ -92,7 +92,7 @@ def _random_codes(B: int, K: int, T: int, seed: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Reference: the common transformers recipe (ylacombe/musicgen-dreamboothing, parler-tts), facts G.3.
+# Reference: the common transformers recipe (ylacombe/musicgen-dreamboothing, parler-tts), docs/fidelity.md.
 # ---------------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""MBD noise schedule and sampler against audiocraft's numbers (facts D.4) and an independent DDPM step."""
+"""MBD noise schedule and sampler against audiocraft's numbers (docs/mbd.md) and an independent DDPM step."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ def _meta(cfg: UnetConfig) -> DiffusionUnet:
 
 def test_real_size_keys_and_shapes_are_audiocrafts() -> None:
     shapes = {k: tuple(v.shape) for k, v in _meta(UnetConfig(codec_dim=128)).state_dict().items()}
-    channels = [1, 48, 192, 768, 3072]  # facts D.3
+    channels = [1, 48, 192, 768, 3072]  # docs/mbd.md
     for i in range(4):
         chin, chout = channels[i], channels[i + 1]
         assert shapes[f"encoders.{i}.conv.weight"] == (chout, chin, 8)
