@@ -54,10 +54,12 @@ class DecodedAudio:
 
     @property
     def channels(self) -> int:
+        """Number of channels `C`."""
         return self.samples.shape[0]
 
     @property
     def seconds(self) -> float:
+        """Duration in seconds."""
         return self.samples.shape[1] / self.sample_rate
 
 

@@ -32,6 +32,7 @@ class Track:
 
     @property
     def key(self) -> str:
+        """The track's webdataset key: `rel` made safe by `sanitize_key`."""
         return sanitize_key(self.rel)
 
 

@@ -1,5 +1,7 @@
-"""EnCodec 32 kHz, the one home of its use: load, encode (prep), decode (generation, MBD's EQ reference, eval) and the
-continuous latents (MBD's condition, FAD embeddings).
+"""EnCodec 32 kHz, the one home of its use.
+
+Load, encode (prep), decode (generation, MBD's EQ reference, eval) and the continuous latents (MBD's condition, FAD
+embeddings).
 
 The codec is transformers' `EncodecModel` loaded with `from_pretrained` (a hub id such as `facebook/encodec_32khz`
 or a local directory), called exactly as audiocraft's `HFEncodecCompressionModel` does:

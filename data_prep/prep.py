@@ -1,8 +1,8 @@
-"""`mgft prep`: a licensed catalog becomes EnCodec (+ chroma, + audio) webdataset shards.
+r"""`mgft prep`: a licensed catalog becomes EnCodec (+ chroma, + audio) webdataset shards.
 
-    mgft prep --input CATALOG_DIR_OR_CSV --output SHARDS --codec facebook/encodec_32khz \\
-        [--channels 2] [--segment-seconds 30] [--melody --demucs htdemucs] [--keep-audio] \\
-        [--license CC-BY-4.0] [--allowed-licenses CC0-1.0,CC-BY-4.0] [--device cuda] [--batch-size 16] \\
+    mgft prep --input CATALOG_DIR_OR_CSV --output SHARDS --codec facebook/encodec_32khz \
+        [--channels 2] [--segment-seconds 30] [--melody --demucs htdemucs] [--keep-audio] \
+        [--license CC-BY-4.0] [--allowed-licenses CC0-1.0,CC-BY-4.0] [--device cuda] [--batch-size 16] \
         [--workers 4] [--rank R --world-size W]
 
 A track's path through prep: scan (catalog.py) -> this rank's share (by size hash) -> worker: hash, sidecar/tags,
@@ -197,6 +197,7 @@ class SegmentEncoder:
         return out
 
     def run(self, tracks: list[PendingTrack]) -> None:
+        """Fill the codes (and, for melody, the chroma) of every segment of `tracks`, all segments encoded together."""
         jobs = [(t, i) for t in tracks for i in range(len(t.windows))]
         if not jobs:
             return

@@ -22,10 +22,12 @@ from data_prep.atomic import fsync_dir
 
 
 def journal_path(out_dir: Path, rank: int) -> Path:
+    """This rank's journal file in `out_dir`: `journal.rRRRR.jsonl`."""
     return out_dir / f"journal.r{rank:04d}.jsonl"
 
 
 def shard_name(rank: int, index: int) -> str:
+    """File name of shard `index` of `rank`: `shard-rRRRR-NNNNNN.tar`."""
     return f"shard-r{rank:04d}-{index:06d}.tar"
 
 
@@ -38,6 +40,7 @@ class JournalState:
 
     @property
     def done(self) -> set[str]:
+        """Paths of the tracks already handled (kept or rejected), which a rerun skips."""
         kept = {row["path"] for entry in self.shards for row in entry["tracks"]}
         return kept | {row["path"] for row in self.rejects}
 
@@ -92,9 +95,11 @@ class Journal:
             os.fsync(f.fileno())
 
     def reject(self, row: dict[str, Any]) -> None:
+        """Journal a refused track's row as soon as it is rejected."""
         self._append({"type": "reject", "row": row})
 
     def shard(self, name: str, num_samples: int, tracks: list[dict[str, Any]]) -> None:
+        """Commit shard `name`: its sample count and its tracks' manifest rows (called once its tar is in place)."""
         self._append({"type": "shard", "shard": name, "num_samples": num_samples, "tracks": tracks})
 
 
@@ -138,6 +143,7 @@ class ShardWriter:
 
     @property
     def current_name(self) -> str:
+        """File name of the shard being filled."""
         return shard_name(self.rank, self.index)
 
     def add_track(self, samples: list[dict[str, Any]], manifest_row: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
-"""The hub checkpoints' architectures, in one table: what `facebook/musicgen-*`, `facebook/encodec_32khz`, t5-base and
-the released htdemucs are, as transformers configs and demucs arguments built offline.
+"""The hub checkpoints' architectures, in one table.
+
+What `facebook/musicgen-*`, `facebook/encodec_32khz`, t5-base and the released htdemucs are, as transformers configs
+and demucs arguments built offline.
 
 Used by `mgft plan` (parameter and memory formulas for a hub id without downloading it), by
 `mgft tiny-models --size real` (random weights in these shapes, for benchmarks) and by the tests, which check the

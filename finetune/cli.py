@@ -1,8 +1,10 @@
-"""`mgft fit|validate --config recipes/X.yaml [overrides]`: LightningCLI over `MusicGenLM` and `MusicGenData`;
+"""LightningCLI entry points: `mgft fit|validate` and `mgft mbd-fit|mbd-validate`.
+
+`mgft fit|validate --config recipes/X.yaml [overrides]`: LightningCLI over `MusicGenLM` and `MusicGenData`;
 `mgft mbd-fit|mbd-validate` the same over one multi-band diffusion band (`MBDBand`, `MBDData`).
 
     mgft fit --config recipes/tiny/stereo-melody-lora.yaml --data.shards demo-run/shards
-    mgft fit --config recipes/musicgen-small/full.yaml --ckpt_path last      # resume a killed run
+    mgft fit --config recipes/musicgen-small/full-24gb.yaml --ckpt_path last  # resume a killed run
     mgft mbd-fit --config recipes/mbd/band2.yaml --data.shards data/shards
 
 Configs are parsed and type-checked (unknown keys fail, naming the key) before any model is built; the resolved
@@ -33,6 +35,10 @@ class MgftCLI(LightningCLI):
     """
 
     def before_instantiate_classes(self) -> None:
+        """Check the config before any model is built, and point loggers without a `save_dir` at the run folder.
+
+        `trainer.max_steps` (or `model.total_steps`) must be set: the cosine schedule and resume use step counts.
+        """
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if cfg.trainer.get("max_steps", -1) in (None, -1) and cfg.model.get("total_steps") is None:
             raise ValueError("trainer.max_steps must be set: the cosine schedule and resume use step counts")
@@ -44,6 +50,7 @@ class MgftCLI(LightningCLI):
                 init_args.save_dir = root
 
     def after_fit(self) -> None:
+        """Finish the loggers' wandb runs once fitting ends."""
         # Close wandb runs so an in-process caller (tests, notebooks) finds the offline run complete on disk.
         from lightning.pytorch.loggers import WandbLogger
 
@@ -52,9 +59,11 @@ class MgftCLI(LightningCLI):
                 logger.experiment.finish()
 
     def before_validate(self) -> None:
+        """Put checkpoints in the run's `checkpoints/` folder, as for `fit`."""
         self.before_fit()
 
     def before_fit(self) -> None:
+        """Send checkpoints without a `dirpath` to `default_root_dir/checkpoints`, where `--ckpt_path last` looks."""
         for callback in self.trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")

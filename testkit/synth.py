@@ -1,6 +1,6 @@
-"""mgft synth-catalog demo/catalog --tracks 12 --seconds 20 [--seed 0] [--bad-files]
+"""`mgft synth-catalog`: synthesize a small licensed (CC0-1.0) stereo music catalog for demos and tests, numpy only.
 
-Synthesize a small licensed (CC0-1.0) stereo music catalog for demos and tests, with numpy only.
+    mgft synth-catalog demo/catalog --tracks 12 --seconds 20 [--seed 0] [--bad-files]
 
 Every track is procedural music with a real harmonic content: a chord progression in a major or minor key, a melody
 drawn from the scale, a bass line on the chord roots and (usually) drums on the beat grid. Tempo, key, instruments,

@@ -104,6 +104,7 @@ class MultiScaleMelLoss(torch.nn.Module):
         return spec.transpose(1, 2) @ getattr(self, f"mel_{n_fft}")
 
     def forward(self, target: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """The loss (a scalar) between mono audio `target` and `estimate` `[B, 1, N]`, summed over the STFT sizes."""
         loss = target.new_zeros(())
         for n_fft in self.scales:
             a, b = self.mel(target, n_fft), self.mel(estimate, n_fft)

@@ -105,7 +105,8 @@ def write_htdemucs(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
         "kwargs": kwargs,
         # fp32 (demucs' releases use half=True): a tiny model gains nothing from fp16 and tests can compare exactly.
         "state": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
-        # `serialize_model` stores the resolved training config here; it needs omegaconf, which is not a dependency.
+        # `serialize_model` stores the resolved training config here (an OmegaConf object); a plain dict keeps the
+        # package loadable with `weights_only=True`.
         "training_args": {"tiny_models": {"size": size, "seed": seed}},
     }
     # The signature names the architecture and seed; demucs signatures are 8 hex digits and must not contain '-'.

@@ -20,7 +20,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with atomic saves and `weights_only=True` loads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        """Save `checkpoint` to `path` atomically, so the previous file stays valid until the new one is complete."""
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None):
+        """Load `path` onto `map_location` (default: CPU), always with `weights_only=True`, whatever the caller asks."""
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

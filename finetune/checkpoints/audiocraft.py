@@ -237,8 +237,10 @@ def hf_to_audiocraft_lm(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def _normalize_audiocraft_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Undo audiocraft's non-custom attention layout (`self_attn.mha.in_proj_weight` when neither `custom` nor
-    `memory_efficient` was set) so both layouts map the same way."""
+    """Undo audiocraft's non-custom attention layout so both layouts map the same way.
+
+    The non-custom layout is `self_attn.mha.in_proj_weight`, used when neither `custom` nor `memory_efficient` was set.
+    """
     return {k.replace(".mha.", "."): v for k, v in state.items()}
 
 

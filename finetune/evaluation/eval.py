@@ -1,6 +1,6 @@
-"""`mgft eval`: what a fine-tune did, measured on held-out shards, against its base model.
+r"""`mgft eval`: what a fine-tune did, measured on held-out shards, against its base model.
 
-    mgft eval --model runs/x/checkpoints/last.ckpt --baseline facebook/musicgen-small --data.shards data/val \\
+    mgft eval --model runs/x/checkpoints/last.ckpt --baseline facebook/musicgen-small --data.shards data/val \
         --out reports/x [--num-samples 32] [--decoder encodec|mbd] [--embedder encodec|clap --clap PATH]
 
 For the model (and the baseline, side by side):

@@ -1,5 +1,7 @@
-"""What `mgft eval` computes on held-out shards: cross-entropy per codebook, the held-out clips, the generations
-from their captions and melodies, and the sample files of the report.
+"""What `mgft eval` computes on held-out shards.
+
+Cross-entropy per codebook, the held-out clips, the generations from their captions and melodies, and the sample files
+of the report.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ class Embedder(Protocol):
 
     name: str
 
-    def __call__(self, audio: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        """Embed audio `[B, C, N]` at 32 kHz as rows `[M, D]`."""
+        ...
 
 
 class EncodecEmbedder:
@@ -39,6 +41,7 @@ class EncodecEmbedder:
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        """Continuous latents `[B * C * frames, D]` (float64, CPU) of audio `[B, C, N]`, each channel on its own."""
         latent = encoder_latent(self.codec, audio)  # [B * C, D, frames]
         return latent.transpose(1, 2).reshape(-1, latent.shape[1]).double().cpu()
 
@@ -57,6 +60,7 @@ class ClapEmbedder:
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor) -> torch.Tensor:
+        """One CLAP embedding per clip, `[B, D]` in float64 on the CPU; clips go to mono at CLAP's rate first."""
         import soxr
 
         rate = self.extractor.sampling_rate

@@ -6,8 +6,9 @@ from pathlib import Path
 
 
 def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = False):
-    """A `MusicGenLM` in eval mode on `device`, from an mgft checkpoint (`.ckpt`, EMA weights when the run kept an
-    EMA, LoRA adapters applied) or from a transformers MusicGen folder or hub id.
+    """A `MusicGenLM` in eval mode on `device`, from an mgft checkpoint or a transformers MusicGen folder or hub id.
+
+    From an mgft checkpoint (`.ckpt`): EMA weights when the run kept an EMA, LoRA adapters applied.
 
     Args:
         path: a `.ckpt` written by `mgft fit`, a folder saved by `save_pretrained`, or a hub id.

@@ -46,7 +46,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import braceexpand
 import lightning as L
@@ -71,8 +71,30 @@ from finetune.lm.captions import augment_caption
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("codes", "valid_frames", "captions", "chroma", "chroma_valid_frames", "keys", "skipped")
-"""The keys of every batch (the LightningModule's input contract)."""
+class Batch(TypedDict):
+    """The batch contract between the data module and the LightningModule (what `collate` returns).
+
+    Attributes:
+        codes: int64 `[B, K, T]`; T padded with 0 to the longest sample (`valid_frames` masks the padding).
+        valid_frames: int64 `[B]`, frames of each sample that hold audio.
+        captions: one caption per sample (None: no description, trained unconditionally).
+        chroma: float32 one-hot `[B, F, 12]`, F padded with 0; None unless every sample has a melody.
+        chroma_valid_frames: int64 `[B]` or None, chroma frames of each sample that hold audio.
+        keys: the shard keys of the samples (for logs and tests).
+        skipped: corrupt samples this worker skipped since its previous batch.
+    """
+
+    codes: torch.Tensor
+    valid_frames: torch.Tensor
+    captions: list[str | None]
+    chroma: torch.Tensor | None
+    chroma_valid_frames: torch.Tensor | None
+    keys: list[str]
+    skipped: int
+
+
+BATCH_KEYS = tuple(Batch.__annotations__)
+"""The keys of every batch."""
 
 _MAX_WARNINGS_PER_SHARD = 5  # a bad shard is resampled again and again; its warnings would flood the log
 
@@ -252,7 +274,7 @@ def crop_sample(sample: dict[str, Any], max_frames: int, start: int = 0) -> dict
     return out
 
 
-def collate(samples: list[dict[str, Any]], skipped: int = 0) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]], skipped: int = 0) -> Batch:
     """Stack decoded samples into the batch the LightningModule consumes.
 
     Args:
@@ -260,9 +282,7 @@ def collate(samples: list[dict[str, Any]], skipped: int = 0) -> dict[str, Any]:
         skipped: Corrupt samples skipped by this worker since its previous batch.
 
     Returns:
-        `{"codes": int64 [B, K, T] (T padded with 0 to the longest), "valid_frames": int64 [B],
-        "captions": list[str | None], "chroma": float32 [B, F, 12] (F padded with 0) or None when any sample has
-        none, "chroma_valid_frames": int64 [B] or None, "keys": list[str], "skipped": int}`.
+        A `Batch`.
 
     Raises:
         ValueError: `samples` is empty.
@@ -352,7 +372,7 @@ class SkipCounter:
         pending, self.pending = self.pending, 0
         return pending
 
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(self, samples: list[dict[str, Any]]) -> Batch:
         """`collate` with this worker's pending skip count."""
         return collate(samples, skipped=self.take())
 
@@ -743,8 +763,11 @@ class MusicGenData(L.LightningDataModule):
     # -- distributed context ---------------------------------------------------------------------------------------
 
     def dist_info(self) -> tuple[int, int]:
-        """(global rank, world size): from the attached trainer (set up after the process group), else from an
-        initialized `torch.distributed`, else RANK/WORLD_SIZE, else (0, 1)."""
+        """(global rank, world size) of this process.
+
+        From the attached trainer (set up after the process group), else from an initialized `torch.distributed`,
+        else RANK/WORLD_SIZE, else (0, 1).
+        """
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
         return _dist_info_from_env()

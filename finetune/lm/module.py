@@ -30,6 +30,7 @@ from finetune.lm.conditioning import (
     melody_condition,
     text_condition,
 )
+from finetune.lm.data import Batch
 from finetune.lm.load import load_musicgen
 from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
 from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for, loss_mask
@@ -171,6 +172,7 @@ class MusicGenLM(L.LightningModule):
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def train(self, mode: bool = True) -> MusicGenLM:
+        """Set train or eval mode, keeping the frozen T5 and EnCodec in eval mode."""
         super().train(mode)
         # Frozen parts stay in eval mode (no T5 dropout), as audiocraft's T5Conditioner with finetune=False.
         self.model.text_encoder.eval()
@@ -178,6 +180,10 @@ class MusicGenLM(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
+        """Check the shards against the model before the first step, and print the trainable parameter count.
+
+        The shards must hold the model's number of codebooks, and a melody model needs shards with chroma.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "describe"):
             found = datamodule.describe()
@@ -191,7 +197,7 @@ class MusicGenLM(L.LightningModule):
         print(f"mgft: {n_train:,} trainable of {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
 
     # ---- forward ------------------------------------------------------------------------------------------------
-    def conditions(self, batch: dict[str, Any], train: bool) -> torch.Tensor:
+    def conditions(self, batch: Batch, train: bool) -> torch.Tensor:
         """The decoder's condition: cross-attention memory (text) or prefix (melody), `[B, L, D]`."""
         captions = list(batch["captions"])
         b = len(captions)
@@ -214,7 +220,7 @@ class MusicGenLM(L.LightningModule):
             melody = melody_condition(self.model, batch["chroma"], batch["chroma_valid_frames"])  # [B, F, D]
         return torch.cat([melody, text.to(melody.dtype)], dim=1)
 
-    def forward(self, batch: dict[str, Any], train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns logits aligned to the codes `[B, K, T, card]` and the loss mask `[B, K, T]`."""
         codes = batch["codes"]  # [B, K, T]
         b, k, t = codes.shape
@@ -233,7 +239,8 @@ class MusicGenLM(L.LightningModule):
         return aligned, loss_mask(batch["valid_frames"], self.delays, t)
 
     # ---- steps --------------------------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Masked cross-entropy of a batch with condition dropout; logs loss per codebook, frames/s and the CFG draw."""
         logits, mask = self(batch, train=True)
         loss, per_codebook = masked_codebook_ce(logits, batch["codes"], mask)
         b = batch["codes"].shape[0]
@@ -277,22 +284,26 @@ class MusicGenLM(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Take the optimizer step, then update the EMA (here, after the step, not at batch end)."""
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # here, not at batch end: see finetune/training/ema.py
             self.ema.after_optimizer_step(self.global_step, skipped=self._step_skipped)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Add the batch's token-weighted NLL sums per codebook `[2, K]` to the epoch's."""
         logits, mask = self(batch, train=False)
         sums = codebook_nll_sums(logits, batch["codes"], mask.bool())  # [2, K], token-weighted over the epoch
         self._val_sums = sums if self._val_sums is None else self._val_sums + sums
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the NLL sums and swap the EMA weights in, so validation measures the EMA."""
         self._val_sums = None
         if self.ema is not None:
             self._ema_ctx = self.ema.swapped()
             self._ema_ctx.__enter__()
 
     def on_validation_epoch_end(self) -> None:
+        """Swap the training weights back and log CE and perplexity, overall and per codebook, summed over ranks."""
         if self.ema is not None:
             self._ema_ctx.__exit__(None, None, None)
         if self._val_sums is None:
@@ -308,6 +319,7 @@ class MusicGenLM(L.LightningModule):
 
     # ---- optimization -------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable parameters; linear warmup, then cosine decay to `min_lr_ratio`, stepped per step."""
         hp = self.hparams
         optimizer = torch.optim.AdamW(list(self._trainable().values()), lr=hp.lr, betas=tuple(hp.betas),
                                       eps=hp.eps, weight_decay=hp.weight_decay)
@@ -327,6 +339,10 @@ class MusicGenLM(L.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable weights (refusing non-finite ones) and add mgft's extras.
+
+        The extras: the base model id, the EMA, the count of skipped non-finite steps and the last logged metrics.
+        """
         trainable = {f"model.{n}" for n in self._trainable()}
         state = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -343,6 +359,7 @@ class MusicGenLM(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the keys against this model's trainable weights, then restore the EMA and the skipped-step count."""
         expected = {f"model.{n}" for n in self._trainable()}
         unknown = set(checkpoint["state_dict"]) - expected
         missing = expected - set(checkpoint["state_dict"])

@@ -1,0 +1,1 @@
+"""Multi-band diffusion: the MBD decoder (tokens -> waveform), its file layout, and training it one band at a time."""

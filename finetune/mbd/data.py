@@ -90,8 +90,10 @@ class AudioCrops(IterableDataset):
 
 
 class CropLoader(wds.WebLoader):
-    """Batches crops; before each epoch's workers start, it sets the stream's epoch, so every epoch draws new crops
-    and a resumed run continues with the epochs after the restored step."""
+    """Batches crops; before each epoch's workers start, it sets the stream's epoch.
+
+    So every epoch draws new crops and a resumed run continues with the epochs after the restored step.
+    """
 
     def __init__(self, dataset: AudioCrops, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
@@ -108,7 +110,9 @@ class MBDData(L.LightningDataModule):
     def __init__(self, shards: str, val_shards: str | None = None, batch_size: int = 128, crop_seconds: float = 1.0,
                  num_workers: int = 4, steps_per_epoch: int = 2000, val_items: int = 256, seed: int = 0,
                  shuffle_buffer: int = 256) -> None:
-        """Args:
+        """Configure the train and validation crop streams; the loaders are built by Lightning.
+
+        Args:
             shards: Training shards (folder, glob or brace pattern) prepped with `--keep-audio`.
             val_shards: Validation shards (none: no validation).
             batch_size: Crops per batch per device (audiocraft: 128 over all GPUs).
@@ -132,6 +136,7 @@ class MBDData(L.LightningDataModule):
         return trainer.global_step // self.steps_per_epoch if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
+        """The endless training crop stream, cut into epochs of `steps_per_epoch` batches."""
         dataset = AudioCrops(resolve_shards(self.shards), self.samples, self.seed, self._epoch(), train=True,
                              shuffle_buffer=self.shuffle_buffer)
         loader = CropLoader(dataset, self._epoch, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -139,6 +144,7 @@ class MBDData(L.LightningDataModule):
         return loader.with_epoch(self.steps_per_epoch).with_length(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader | list[Any]:
+        """The fixed validation crops (at most `val_items`), the same on every rank; none without `val_shards`."""
         if not self.val_shards:
             return []
         dataset = AudioCrops(resolve_shards(self.val_shards), self.samples, self.seed, 0, train=False,

@@ -85,6 +85,7 @@ class BandConfig:
 
     @classmethod
     def from_audiocraft(cls, cfg: dict[str, Any], band: int) -> BandConfig:
+        """One band's config from an audiocraft solver config; the file's filter `idx_band` wins over `band`."""
         filt = cfg.get("filter") or {}
         processor = {k: v for k, v in (cfg.get("processor") or {}).items() if k in ProcessorConfig.__dataclass_fields__}
         return cls(
@@ -116,6 +117,7 @@ class BandModel(nn.Module):
         self.schedule = NoiseSchedule(cfg.schedule, self.processor)
 
     def eps(self, x: torch.Tensor, step: int | torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net's noise estimate for `x` `[B, 1, N]` at `step`: the function the samplers call."""
         return self.unet(x, step, condition)
 
 

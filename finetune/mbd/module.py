@@ -53,7 +53,9 @@ class MBDBand(L.LightningModule):
         sample_items: int = 2,
         seed: int = 0,
     ) -> None:
-        """Args:
+        """Build the band's model from its settings or from the released band in `init_from`, and load the codec.
+
+        Args:
             codec: transformers EnCodec 32 kHz (hub id `facebook/encodec_32khz` or a folder) for the condition.
             band: The band this model generates (0 = lowest of `n_bands`).
             init_from: An MBD file (hub id `facebook/multiband-diffusion`, `.th` file or folder) whose band `band`
@@ -122,6 +124,7 @@ class MBDBand(L.LightningModule):
         return F.mse_loss(estimate, noise, reduction="none").mean(dim=(1, 2)), step
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """Mean denoising MSE of a batch of crops `[B, 1, N]`; logs it and the learning rate."""
         loss, _ = self.losses(batch)  # the normalizer gathers its statistics here (train mode) until frozen
         loss = loss.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.shape[0])
@@ -129,17 +132,20 @@ class MBDBand(L.LightningModule):
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Take the optimizer step, then update the EMA (here, after the step, not at batch end)."""
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # here, not at batch end: see finetune/training/ema.py
             self.ema.after_optimizer_step(self.global_step)
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the per-stage loss sums `[2, num_stages]` and swap the EMA weights in for validation."""
         self._val_sums = torch.zeros(2, self.hparams.num_stages)  # [loss sum, count] per stage
         if self.ema is not None:
             self._ema_context = self.ema.swapped()
             self._ema_context.__enter__()
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Add the losses to the sums of the stages their steps fall in; keep the first batch's crops for samples."""
         # A fixed generator per batch: every validation pass draws the same steps and noise.
         state = self.generator.get_state()
         self.generator.manual_seed(self.hparams.seed + 1 + batch_idx)
@@ -154,6 +160,7 @@ class MBDBand(L.LightningModule):
             self._val_sums[1, s] += mine.sum()
 
     def on_validation_epoch_end(self) -> None:
+        """Log the samples (rank 0), swap the training weights back, and log `val/loss` and the loss per stage."""
         audio = getattr(self, "_sample_audio", None)
         if self.hparams.sample_items and self.trainer.is_global_zero and audio is not None:
             self.log_samples(audio)
@@ -207,10 +214,12 @@ class MBDBand(L.LightningModule):
 
     # ---- optimization and checkpoints -------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the U-Net (audiocraft: no schedule, no clipping)."""
         return torch.optim.Adam(self.model.unet.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the band model without the frozen codec, hyperparameters as dicts, plus the EMA and band config."""
         # The frozen codec is reloaded from `codec`; only the band model (U-Net + normalizer buffers) is saved.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("codec.")}
         # Dataclass hyperparameters as plain dicts, so the checkpoint loads with weights_only=True.
@@ -221,6 +230,7 @@ class MBDBand(L.LightningModule):
         checkpoint["mgft_band_config"] = self.band_cfg.to_audiocraft()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the EMA and put the codec's weights, which checkpoints leave out, back into the state dict."""
         if self.ema is not None and "mgft_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["mgft_ema"])
         checkpoint["state_dict"] = {**{f"codec.{k}": v for k, v in self.codec.state_dict().items()},

@@ -43,9 +43,11 @@ class SampleProcessor(nn.Module):
     """Identity normalizer (`processor.use: false`); no state."""
 
     def project_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """Audio -> the normalized space the diffusion works in; the identity here."""
         return x
 
     def return_sample(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `project_sample`; the identity here."""
         return z
 
 
@@ -66,21 +68,29 @@ class MultiBandProcessor(SampleProcessor):
 
     @property
     def mean(self) -> torch.Tensor:
+        """Per-band mean `[n_bands]` of the gathered items."""
         return self.sum_x / self.counts
 
     @property
     def std(self) -> torch.Tensor:
+        """Per-band standard deviation `[n_bands]` of the gathered items."""
         return (self.sum_x2 / self.counts - self.mean**2).clamp(min=0).sqrt()
 
     @property
     def target_std(self) -> torch.Tensor:
+        """Per-band level `[n_bands]` of white noise through the same split; a mean square despite the name."""
         return self.sum_target_x2 / self.counts  # a mean square, as audiocraft (no sqrt)
 
     @property
     def frozen(self) -> bool:
+        """Whether `num_samples` items were gathered, after which the statistics stop changing."""
         return bool(self.counts.item() >= self.num_samples)
 
     def project_sample(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, N]
+        """Normalize audio `[B, C, N]` band by band: remove the mean, rescale by `(target_std / std) ** power_std`.
+
+        In training, until frozen, the batch's statistics are gathered first.
+        """
         bands = self.split_bands(x)  # [n_bands, B, C, N]
         if self.training and not self.frozen:  # training items only (audiocraft also counts validation items)
             reference = self.split_bands(torch.randn_like(x))
@@ -92,6 +102,7 @@ class MultiBandProcessor(SampleProcessor):
         return ((bands - self.mean.view(-1, 1, 1, 1)) * rescale.view(-1, 1, 1, 1)).sum(dim=0)
 
     def return_sample(self, z: torch.Tensor) -> torch.Tensor:
+        """Undo `project_sample` on normalized audio `[B, C, N]`, band by band."""
         bands = self.split_bands(z)
         rescale = (self.std / self.target_std) ** self.power_std
         return (bands * rescale.view(-1, 1, 1, 1) + self.mean.view(-1, 1, 1, 1)).sum(dim=0)

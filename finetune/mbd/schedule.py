@@ -51,10 +51,12 @@ class ScheduleConfig:
 
     @classmethod
     def from_audiocraft(cls, schedule: dict[str, Any]) -> ScheduleConfig:
+        """Read audiocraft's `schedule` section, ignoring keys this config does not have."""
         known = {k: v for k, v in schedule.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
     def to_audiocraft(self) -> dict[str, Any]:
+        """The `schedule` section as audiocraft stores it."""
         return asdict(self)
 
 
@@ -72,6 +74,7 @@ class NoiseSchedule:
 
     @property
     def num_steps(self) -> int:
+        """Number of diffusion steps (`cfg.num_steps`)."""
         return self.cfg.num_steps
 
     def alpha_bar(self, step: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -94,6 +94,7 @@ class ResBlock(nn.Module):
         self.dropout2 = nn.Dropout1d(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, C, T]` -> `[B, C, T]`: the two conv passes added to the input."""
         h = self.dropout1(self.conv1(F.relu(self.norm1(x))))
         h = self.dropout2(self.conv2(F.relu(self.norm2(h))))
         return x + h
@@ -113,6 +114,7 @@ class EncoderLayer(nn.Module):
         self.res_blocks = _res_blocks(chout, cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, chin, T]` -> `[B, chout, ceil(T / stride)]`, right-padding `T` to a stride multiple first."""
         stride = self.conv.stride[0]
         x = F.pad(x, (0, (stride - x.shape[-1] % stride) % stride))
         return self.res_blocks(F.relu(self.norm(self.conv(x))))
@@ -129,6 +131,7 @@ class DecoderLayer(nn.Module):
                                          bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, chin, T]` -> `[B, chout, T * stride]`."""
         return self.convtr(F.relu(self.norm(self.res_blocks(x))))
 
 
@@ -141,6 +144,7 @@ class BLSTM(nn.Module):
         self.linear = nn.Linear(2 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T]
+        """`[B, C, T]` -> `[B, C, T]`, the LSTM running over `T`."""
         y = self.linear(self.lstm(x.permute(2, 0, 1))[0])  # [T, B, C]
         return y.permute(1, 2, 0)
 
@@ -186,6 +190,7 @@ class TransformerLayer(nn.Module):
         self.norm_cross = nn.LayerNorm(dim, eps=1e-5) if cross_attention else None
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:  # [B, T, C]
+        """`[B, T, C]` -> `[B, T, C]`; with cross-attention the layer also attends to `memory` `[B, S, C]`."""
         src = x
         x = self.norm1(x + self.dropout(self.self_attn(x, x)))
         if self.cross_attention is not None:
@@ -204,6 +209,7 @@ class Transformer(nn.Module):
                                      for _ in range(layers)])
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:  # [B, T, C]
+        """Add sinusoidal positions to `x` `[B, T, C]` and run the layers; `memory` feeds their cross-attention."""
         x = x + sin_embedding(x.shape[1], x.shape[2], x.device, x.dtype)
         for layer in self.layers:
             x = layer(x, memory)

@@ -31,7 +31,9 @@ class SampleGenerator(L.Callback):
     def __init__(self, every_n_steps: int = 1000, captions: list[str] | None = None,
                  melodies: list[str] | None = None, demucs: str = "htdemucs", num_samples: int = 2,
                  seconds: float = 5.0, guidance_scale: float = 3.0, top_k: int = 250, seed: int = 0) -> None:
-        """Args:
+        """Check and keep the round settings; the prompts are fixed at the first training batch.
+
+        Args:
             every_n_steps: Generate after every this many optimizer steps (and at the end of training).
             captions: Fixed prompts; default: the captions (and melodies) of the first training batch.
             melodies: Audio files whose melodies condition a melody model, one per caption (through HTDemucs and
@@ -59,6 +61,7 @@ class SampleGenerator(L.Callback):
         self._last_step = -1
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        """Fix the prompts (and melody chroma) once, at the first batch: the given ones, else the batch's own."""
         if self._prompts is not None:
             return
         caps = self.captions or [c or "" for c in batch["captions"]]
@@ -82,12 +85,14 @@ class SampleGenerator(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            idx: int) -> None:
+        """Run a round every `every_n_steps` optimizer steps, once per step."""
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
             self.generate_and_log(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Run a last round at the end of training, unless this step already had one."""
         if trainer.global_step != self._last_step:
             self._last_step = trainer.global_step
             self.generate_and_log(trainer, pl_module)
@@ -115,6 +120,7 @@ class SampleGenerator(L.Callback):
 
     @rank_zero_only
     def generate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Generate for the fixed prompts, write the round under `samples/step_XXXXXX/` and log it to wandb (rank 0)."""
         if not self._prompts:
             return
         import soundfile as sf
@@ -158,7 +164,9 @@ class MetricsHistory(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
-        """Args:
+        """Keep the write interval of the train metrics.
+
+        Args:
             every_n_steps: Write the train metrics every this many optimizer steps (validation: every time).
         """
         self.every_n_steps = every_n_steps
@@ -177,9 +185,11 @@ class MetricsHistory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            idx: int) -> None:
+        """Write the train metrics every `every_n_steps` optimizer steps."""
         if trainer.global_step % self.every_n_steps == 0:
             self._write(trainer, ("train/",))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the validation metrics after every validation except the sanity check."""
         if not trainer.sanity_checking:
             self._write(trainer, ("val/",))

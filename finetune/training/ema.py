@@ -21,7 +21,9 @@ class EMA:
     """Float32 shadow copies of named parameters."""
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], decay: float = 0.99, every: int = 1) -> None:
-        """Args:
+        """Start the shadow as float32 copies of `named_params`.
+
+        Args:
             named_params: the trainable parameters, by name.
             decay: EMA decay.
             every: update every this many optimizer steps (audiocraft's `ema.updates`).

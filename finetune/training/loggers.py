@@ -26,7 +26,9 @@ class Wandb(WandbLogger):
     def __init__(self, project: str = "mgft", name: str | None = None, group: str | None = None,
                  save_dir: str | None = None, offline: bool | None = None, tags: list[str] | None = None,
                  log_model: bool = False, **kwargs: Any) -> None:
-        """Args:
+        """Pick offline or online mode; under `MGFT_EXPERIMENT`, group, name and tag the run by experiment and restart.
+
+        Args:
             project: wandb project.
             name: Run name (default: wandb's).
             group: Groups runs of one experiment, e.g. every SLURM requeue segment.

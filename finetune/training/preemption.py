@@ -38,7 +38,9 @@ class PreemptionCheckpoint(L.Callback):
     """On `signal_name`, checkpoint to `checkpoints/last.ckpt` at the next step boundary, requeue, and stop."""
 
     def __init__(self, signal_name: str = "SIGUSR1", requeue: bool = True, max_restarts: int = 100) -> None:
-        """Args:
+        """Keep the signal and requeue settings; the handler is installed when training starts.
+
+        Args:
             signal_name: The signal SLURM sends before preemption or the time limit (`--signal=USR1@90`).
             requeue: Run `scontrol requeue` after the checkpoint (when running under SLURM).
             max_restarts: Do not requeue once `SLURM_RESTART_COUNT` reaches this (a job that keeps failing).
@@ -55,14 +57,17 @@ class PreemptionCheckpoint(L.Callback):
         self.requested = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Install the signal handler for the training loop; it only sets a flag."""
         self._previous = signal.signal(self.signum, self._handler)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Restore the signal handler that was there before training."""
         if self._previous is not None:
             signal.signal(self.signum, self._previous)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        """After a signal on any rank: checkpoint on every rank at this step boundary, requeue (rank 0) and stop."""
         flag = torch.tensor(float(self.requested), device=pl_module.device)
         if trainer.world_size > 1:  # one rank's signal stops every rank at the same step
             flag = trainer.strategy.reduce(flag, reduce_op="max")
@@ -78,8 +83,10 @@ class PreemptionCheckpoint(L.Callback):
 
     @staticmethod
     def _last_path(trainer: L.Trainer) -> Path:
-        """`last.ckpt` in the ModelCheckpoint folder, registered as that callback's last checkpoint so the resumed
-        run keeps overwriting it (instead of starting `last-v1.ckpt`)."""
+        """`last.ckpt` in the ModelCheckpoint folder, registered as that callback's last checkpoint.
+
+        So the resumed run keeps overwriting it (instead of starting `last-v1.ckpt`).
+        """
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         folder = Path(trainer.default_root_dir) / "checkpoints"

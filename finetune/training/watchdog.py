@@ -26,7 +26,9 @@ class Watchdog(L.Callback):
     """Ends a run that makes no training progress for `timeout_s` seconds."""
 
     def __init__(self, timeout_s: float = 1800.0, exit_code: int = WATCHDOG_EXIT_CODE, poll_s: float = 1.0) -> None:
-        """Args:
+        """Keep the timeout settings; the watching thread starts with training.
+
+        Args:
             timeout_s: Seconds without a finished training batch before the process is ended. Must cover the
                 slowest legitimate gap: the first batch (model load, compile), validation, checkpoint writes.
             exit_code: Exit status when it fires.
@@ -41,9 +43,11 @@ class Watchdog(L.Callback):
         self._dump_path: Path | None = None
 
     def tick(self) -> None:
+        """Record progress now: the idle time counts from here."""
         self._last = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the watching thread from a fresh tick; its dump goes to `watchdog-rank{R}.txt` in the run folder."""
         self._dump_path = Path(trainer.default_root_dir) / f"watchdog-rank{trainer.global_rank}.txt"
         self.tick()
         self._stop.clear()
@@ -51,15 +55,19 @@ class Watchdog(L.Callback):
         self._thread.start()
 
     def on_train_batch_end(self, *args: Any) -> None:
+        """A finished training batch is progress."""
         self.tick()
 
     def on_validation_batch_end(self, *args: Any) -> None:
+        """A finished validation batch is progress too, so only the gaps within validation count, not its length."""
         self.tick()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop the watching thread when training ends."""
         self._stop.set()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Stop the watching thread when training raises, so the error, not a watchdog exit, ends the run."""
         self._stop.set()
 
     def _watch(self) -> None:
