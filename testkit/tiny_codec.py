@@ -21,7 +21,6 @@ figures: `docs/tiny-models.md`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from testkit.assets import asset_arguments, pin_threads, write_asset
 from testkit.tiny_configs import encodec_config
 
 if TYPE_CHECKING:
@@ -369,25 +369,14 @@ def train_tiny_codec(
 
 def main(argv: list[str] | None = None) -> None:
     """Train the tiny codec, print its quality on held-out synthesized audio and write the safetensors file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ASSET)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_arguments(__doc__.splitlines()[0], ASSET, int(TRAIN_CATALOG["tracks"]))
     parser.add_argument("--autoencoder-steps", type=int, default=1000)
     parser.add_argument("--decoder-steps", type=int, default=400)
-    parser.add_argument("--train-tracks", type=int, default=int(TRAIN_CATALOG["tracks"]),
-                        help="tracks of the training catalog (fewer only for a quick check of the script)")
     args = parser.parse_args(argv)
-    from safetensors.torch import save_file
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))  # thread count changes float sums: pin it for one result
-    started = time.time()
+    started = pin_threads()
     catalog = {**TRAIN_CATALOG, "tracks": args.train_tracks}
     model = train_tiny_codec(args.autoencoder_steps, args.decoder_steps, seed=args.seed, catalog=catalog)
-    quality = codec_quality(model, synth_audio(**HELDOUT_CATALOG))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
-    print(f"tiny codec: {time.time() - started:.0f} s, {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
-    for key, value in quality.items():
-        print(f"  {key:<20} {value:.3f}")
+    write_asset(model, args.out, "tiny codec", started, codec_quality(model, synth_audio(**HELDOUT_CATALOG)))
 
 
 if __name__ == "__main__":

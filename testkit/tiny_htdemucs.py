@@ -15,7 +15,6 @@ demucs' own file layout. How it is trained and measured, with the figures: `docs
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from fractions import Fraction
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from testkit.assets import asset_arguments, pin_threads, write_asset
 from testkit.tiny_configs import htdemucs_kwargs
 
 DEMUCS_RATE = 44_100
@@ -149,23 +149,13 @@ def train_tiny_htdemucs(steps: int = 400, batch_size: int = 4, crop_seconds: flo
 
 def main(argv: list[str] | None = None) -> None:
     """Train the tiny HTDemucs, print its separation quality on held-out synthesized tracks, write the file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ASSET)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = asset_arguments(__doc__.splitlines()[0], ASSET, int(TRAIN_CATALOG["tracks"]))
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--train-tracks", type=int, default=int(TRAIN_CATALOG["tracks"]),
-                        help="tracks of the training catalog (fewer only for a quick check of the script)")
     args = parser.parse_args(argv)
-    from safetensors.torch import save_file
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))  # thread count changes float sums: pin it for one result
-    started = time.time()
+    started = pin_threads()
     model = train_tiny_htdemucs(args.steps, seed=args.seed, catalog={**TRAIN_CATALOG, "tracks": args.train_tracks})
     quality = separation_quality(model, synth_stems(**HELDOUT_CATALOG, sources=list(model.sources)))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
-    print(f"tiny htdemucs: {time.time() - started:.0f} s, {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
-    for key, value in quality.items():
-        print(f"  {key:<20} {value:.3f}")
+    write_asset(model, args.out, "tiny htdemucs", started, quality)
 
 
 if __name__ == "__main__":
