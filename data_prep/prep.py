@@ -92,6 +92,13 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+        if "schema_version" in diff:
+            raise ValueError(
+                f"{out_dir} holds shards of schema {previous.get('schema_version')}, which counted a partial last "
+                f"frame as valid; this version writes schema {SCHEMA_VERSION} (whole frames only, as audiocraft). "
+                "Mixing both in one output would mix the two counts: prep into a new --output. The old shards "
+                "still train as they are (the trainer reads both counts as whole frames)."
+            )
         if diff:
             lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
             raise ValueError(f"{out_dir} was prepped with other settings ({lines}); use a new --output")
@@ -214,9 +221,10 @@ class SegmentEncoder:
                 key = sample_key(t.item["track"].key, i)
                 # One segment per call: demucs' random shift is seeded per sample, so chroma never depends on
                 # which segments share a batch (resume and rank equivalence).
-                chroma = melody_chroma(
-                    self.demucs, self.extractor, torch.from_numpy(wav)[None], seed=_seed_for(key)
-                )  # [1, F, 12]
+                # audiocraft's chroma (its cache, with which the melody models were trained) averages the channels
+                # before demucs; separating each channel of a stereo segment would also take twice as long.
+                mono = torch.from_numpy(wav).mean(0, keepdim=True)[None]  # [1, 1, N]
+                chroma = melody_chroma(self.demucs, self.extractor, mono, seed=_seed_for(key))  # [1, F, 12]
                 t.chroma[i] = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
 
 

@@ -51,7 +51,9 @@ REJECTS_FILE = "rejects.jsonl"
 STATS_FILE = "stats.json"
 SHARD_GLOB = "shard-*.tar"
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: `valid_frames` counts only whole frames (floor), as audiocraft's padding mask does. 1 (before 2026-12): a
+partial last frame counted too (ceiling). Readers go through `read_valid_frames`, which gives the floor for both."""
 
 INFO_FIELDS = ("title", "artist", "genre", "bpm", "key", "moods", "instrument", "keywords")
 """audiocraft's `MusicInfo` metadata fields (besides `description`) carried by every sample."""
@@ -84,8 +86,29 @@ def num_frames(seconds: float) -> int:
 
 
 def valid_frames(num_samples: int) -> int:
-    """Frames that carry audio for `num_samples` valid samples at 32 kHz (a partial last frame counts)."""
-    return -(-num_samples // HOP_LENGTH)
+    """Frames that carry only audio for `num_samples` valid samples at 32 kHz.
+
+    A partial last frame does not count: its code was computed over zero padding. audiocraft's solver counts the same
+    way (`floor(n_samples / sample_rate * frame_rate)` in `MusicGenSolver._prepare_tokens_and_attributes`).
+    """
+    return num_samples // HOP_LENGTH
+
+
+def read_valid_frames(info: dict[str, Any], num_frames: int) -> int:
+    """The whole valid frames of a stored sample, whatever schema version wrote it.
+
+    Schema 1 stored a ceiling; its segment's sample count is `(end_seconds - start_seconds) * 32000` (exact: the
+    bounds are sample indices over 32000), so the floor is recomputed from it. A sample without a count is whole.
+
+    Args:
+        info: the sample's `json` entry.
+        num_frames: the frames of its codes (the upper bound).
+    """
+    stored = int(info.get("valid_frames", num_frames))
+    if int(info.get("schema_version", SCHEMA_VERSION)) >= 2 or "end_seconds" not in info:
+        return stored
+    samples = round((float(info["end_seconds"]) - float(info["start_seconds"])) * SAMPLE_RATE)
+    return min(stored, valid_frames(samples))
 
 
 def chroma_frames(num_samples: int) -> int:

@@ -19,7 +19,15 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep.codec import decode_codes
-from data_prep.schema import AUDIO_KEY, CHROMA_KEY, CODES_KEY, FRAME_RATE, INFO_KEY, SAMPLE_RATE
+from data_prep.schema import (
+    AUDIO_KEY,
+    CHROMA_KEY,
+    CODES_KEY,
+    FRAME_RATE,
+    INFO_KEY,
+    SAMPLE_RATE,
+    read_valid_frames,
+)
 from finetune.evaluation.metrics import chroma_cosine, frechet_audio_distance
 from finetune.evaluation.plots import chroma_png, spectrogram_png
 from finetune.lm.data import resolve_shards
@@ -67,7 +75,7 @@ def _full_segments_first(shards: str, num_samples: int) -> list[dict[str, Any]]:
     for sample in wds.WebDataset(resolve_shards(shards), shardshuffle=False, empty_check=False):
         info = json.loads(sample[INFO_KEY])
         frames = np.load(io.BytesIO(sample[CODES_KEY])).shape[-1]
-        (full if info["valid_frames"] >= frames else tails).append(sample)
+        (full if read_valid_frames(info, frames) >= frames else tails).append(sample)
         if len(full) == num_samples:
             break
     tails.sort(key=lambda s: -json.loads(s[INFO_KEY])["valid_frames"])
@@ -79,7 +87,7 @@ def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
     keys, captions, audio, chroma = [], [], [], []
     for sample in _full_segments_first(shards, num_samples):
         info = json.loads(sample[INFO_KEY])
-        seconds = info["valid_frames"] / FRAME_RATE
+        seconds = read_valid_frames(info, np.load(io.BytesIO(sample[CODES_KEY])).shape[-1]) / FRAME_RATE
         if AUDIO_KEY in sample:
             wav, _ = sf.read(io.BytesIO(sample[AUDIO_KEY]), dtype="float32", always_2d=True)
             wav = torch.from_numpy(wav.T.copy())  # [C, n]

@@ -18,8 +18,8 @@ TEXT_DEFAULTS = {"cfg_dropout": 0.3, "word_dropout": 0.3, "chroma_dropout": 0.0}
 MELODY_DEFAULTS = {"cfg_dropout": 0.2, "word_dropout": 0.2, "chroma_dropout": 0.5}
 
 
-def batch_draw(seed: int, step: int, salt: str) -> float:
-    """A U(0, 1) draw identical on every rank for a given (seed, step, salt)."""
+def batch_draw(seed: int, step: int | str, salt: str) -> float:
+    """A U(0, 1) draw identical on every rank for a given (seed, step, salt); `step` may name a micro-batch."""
     digest = hashlib.sha256(f"{seed}:{step}:{salt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64
 

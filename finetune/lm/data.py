@@ -66,6 +66,7 @@ from data_prep.schema import (
     N_CHROMA,
     SHARD_GLOB,
     chroma_frames,
+    read_valid_frames,
 )
 from finetune.lm.captions import augment_caption
 
@@ -218,7 +219,7 @@ def decode_sample(raw: dict[str, Any], require_chroma: bool = False) -> dict[str
     if not isinstance(info, dict):
         raise ValueError(f"sample {key}: json is a {type(info).__name__}, not an object")
     num_frames = codes.shape[1]
-    valid = int(info.get("valid_frames", num_frames))
+    valid = read_valid_frames(info, num_frames)  # schema 1 counted a partial last frame; this is the floor
     if not 0 <= valid <= num_frames:
         raise ValueError(f"sample {key}: valid_frames {valid} outside [0, {num_frames}]")
     chroma, chroma_valid = None, None

@@ -10,6 +10,32 @@ from pathlib import Path
 import torch
 
 
+def audiocraft_sin_table(num_positions: int, dim: int) -> torch.Tensor:
+    """audiocraft's sinusoidal position table `[num_positions, dim]`, in fp32.
+
+    As `create_sin_embedding` (`audiocraft/modules/transformer.py`): `phase = pos / 10000 ** (i / (dim/2 - 1))`, then
+    `[cos(phase), sin(phase)]`. transformers' `MusicgenSinusoidalPositionalEmbedding` computes the same angles as
+    `pos * exp(-i * log(10000) / (dim/2 - 1))`; in fp32 the two tables differ by up to 1.2e-4 within 1,500 positions.
+    The released weights were trained with audiocraft's table (docs/fidelity.md).
+    """
+    half = dim // 2
+    positions = torch.arange(num_positions, dtype=torch.float32)[:, None]  # [P, 1]
+    exponents = torch.arange(half, dtype=torch.float32)[None] / (half - 1)  # [1, dim/2]
+    phase = positions / torch.tensor(10000.0) ** exponents  # [P, dim/2]
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def use_audiocraft_positions(model: torch.nn.Module) -> None:
+    """Swap the decoder's position table for audiocraft's, now and whenever transformers extends it.
+
+    transformers rebuilds the table through the module's `get_embedding` when a sequence outgrows it; an instance
+    attribute of that name takes over both the first build here and every later one.
+    """
+    table = model.decoder.model.decoder.embed_positions
+    table.get_embedding = audiocraft_sin_table
+    table.make_weights(table.weights.shape[0], table.embedding_dim)
+
+
 def _classes(model_type: str):
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
@@ -85,7 +111,7 @@ def load_musicgen(pretrained: str, dropout: float = 0.0, mono_to_stereo: bool = 
     `pretrained` is a transformers checkpoint (hub id or folder) or an audiocraft export (`state_dict.bin`, file or
     folder), whose T5, EnCodec and tokenizer come from `audiocraft_base` (default: the matching facebook/musicgen-*
     hub checkpoint). `dropout` overrides the decoder's dropout: the hub configs carry 0.1 but audiocraft trained with
-    0.0 (docs/fidelity.md).
+    0.0; the decoder's position table is audiocraft's (`use_audiocraft_positions`; docs/fidelity.md).
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -105,4 +131,5 @@ def load_musicgen(pretrained: str, dropout: float = 0.0, mono_to_stereo: bool = 
         tokenizer = AutoTokenizer.from_pretrained(pretrained)
     if mono_to_stereo:
         model = stereo_from_mono(model, _classes(model.config.model_type)[0])
+    use_audiocraft_positions(model)
     return model, tokenizer, is_melody

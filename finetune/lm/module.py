@@ -130,9 +130,11 @@ class MusicGenLM(L.LightningModule):
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
         self._step_skipped = False
+        self._micro_batch = 0  # which micro-batch of the optimizer step (gradient accumulation) is in flight
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
         self.last_cfg_null = False
+        self.last_captions: list[str | None] = []
         # from_pretrained returns eval mode and Lightning 2.x keeps module modes as it finds them; transformers'
         # gradient checkpointing and LoRA dropout only act in train mode.
         self.train()
@@ -198,16 +200,25 @@ class MusicGenLM(L.LightningModule):
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def conditions(self, batch: Batch, train: bool) -> torch.Tensor:
-        """The decoder's condition: cross-attention memory (text) or prefix (melody), `[B, L, D]`."""
+        """The decoder's condition: cross-attention memory (text) or prefix (melody), `[B, L, D]`.
+
+        The batch-level draws (CFG, melody attribute dropout) and the word dropout are seeded per micro-batch, by
+        (seed, optimizer step, micro-batch within the step, and for words the rank): under gradient accumulation
+        every micro-batch draws anew, and a resumed run draws what the uninterrupted run did. A CFG-dropped batch
+        gets audiocraft's null text, `""` for every item: one zeroed `</s>` token, not the captions' padded length,
+        which matters for melody models, where the text is part of the prefix.
+        """
         captions = list(batch["captions"])
         b = len(captions)
-        step = self.global_step
+        step = f"{self.global_step}.{self._micro_batch}"
         cfg_null = train and batch_draw(self.hparams.seed, step, "cfg") < self.cfg_dropout
         self.last_cfg_null = cfg_null  # what this batch trained with (logged, and checked across ranks in tests)
-        if train and self.word_dropout > 0:
-            # Seeded by (seed, step, rank): a resumed run drops the words the uninterrupted run would have.
+        if cfg_null:
+            captions = [""] * b  # audiocraft's ClassifierFreeGuidanceDropout nulls every text to ""
+        elif train and self.word_dropout > 0:
             rng = random.Random(f"{self.hparams.seed}:{step}:{self.global_rank}:words")
             captions = [word_dropout(c, self.word_dropout, rng) if c else c for c in captions]
+        self.last_captions = captions  # the texts this batch trained with, after dropout
         null = torch.full((b,), cfg_null, dtype=torch.bool)
         text = text_condition(self.model, self.tokenizer, captions, null, self.device)  # [B, L, D]
         if not self.is_melody:
@@ -226,7 +237,12 @@ class MusicGenLM(L.LightningModule):
         b, k, t = codes.shape
         if k != self.num_codebooks:
             raise ValueError(f"batch has {k} codebooks, the model {self.num_codebooks}")
-        inputs = build_delayed_inputs(codes, self.delays, special=self.card)  # [B, K, S]
+        # audiocraft's `padding_with_special_token`: padded frames enter the decoder as the special token, not as
+        # code 0, so the delayed codebooks' last valid predictions never see fake codebook-0 context.
+        frame = torch.arange(t, device=codes.device)  # [T]
+        padded = frame[None, None, :] >= batch["valid_frames"].to(codes.device)[:, None, None]  # [B, 1, T]
+        codes_in = torch.where(padded, self.card, codes)  # [B, K, T]
+        inputs = build_delayed_inputs(codes_in, self.delays, special=self.card)  # [B, K, S]
         condition = self.conditions(batch, train)
         if self.is_melody:
             out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition)
@@ -241,6 +257,8 @@ class MusicGenLM(L.LightningModule):
     # ---- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """Masked cross-entropy of a batch with condition dropout; logs loss per codebook, frames/s and the CFG draw."""
+        # Lightning accumulates over consecutive batch indices: (batch_idx % n) is the micro-batch within the step.
+        self._micro_batch = batch_idx % max(1, self.trainer.accumulate_grad_batches)
         logits, mask = self(batch, train=True)
         loss, per_codebook = masked_codebook_ce(logits, batch["codes"], mask)
         b = batch["codes"].shape[0]

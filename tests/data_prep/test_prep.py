@@ -173,6 +173,34 @@ def test_codes_carry_information(prepped: Path, tiny_models_dir: Path) -> None:
     assert torch.equal(batched[1:2], alone) and not torch.equal(batched[0], batched[1])
 
 
+def test_melody_chroma_is_taken_from_the_channel_mean_before_demucs(prepped: Path, synth_catalog_dir: Path,
+                                                                    tiny_models_dir: Path) -> None:
+    """audiocraft's chroma (its cache) averages stereo to mono, then separates; it never separates each channel."""
+    from data_prep.chroma import ChromaExtractor
+    from data_prep.prep import _seed_for
+    from data_prep.stems import load_demucs, melody_chroma
+
+    demucs, extractor = load_demucs(str(tiny_models_dir / "htdemucs")), ChromaExtractor()
+    samples = read_samples(prepped)
+    rows = [r for r in read_jsonl(prepped / "manifest.jsonl") if r["source"]["channels"] == 2][:2]
+    seg, stereo_differs = int(SEGMENT * SAMPLE_RATE), 0
+    for row in rows:
+        decoded = audio_io.decode(synth_catalog_dir / row["path"])
+        audio = audio_io.convert_channels(audio_io.resample(decoded, SAMPLE_RATE), 2).samples  # [2, N]
+        segment = row["segments"][0]
+        start = round(segment["start_seconds"] * SAMPLE_RATE)
+        window = np.zeros((2, seg), dtype=np.float32)
+        chunk = audio[:, start : start + seg]
+        window[:, : chunk.shape[1]] = chunk
+        key = sample_key(row["key"], 0)
+        wav = torch.from_numpy(window)[None]  # [1, 2, N]
+        expected = melody_chroma(demucs, extractor, wav.mean(1, keepdim=True), seed=_seed_for(key))[0].numpy()
+        np.testing.assert_array_equal(samples[key]["chroma"], expected)
+        both = melody_chroma(demucs, extractor, wav, seed=_seed_for(key))[0].numpy()
+        stereo_differs += int((both != expected).any())
+    assert stereo_differs, "the fixture must tell the two pipelines apart"
+
+
 def test_short_tracks_and_tails_are_kept_with_valid_frames(tmp_path: Path, tiny_models_dir: Path) -> None:
     catalog = tmp_path / "catalog"
     catalog.mkdir()
@@ -286,6 +314,17 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path, synth_catalog_dir:
     prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
     with pytest.raises(ValueError, match="channels"):
         prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, channels=1))
+
+
+def test_prep_into_an_output_of_the_old_schema_says_what_changed(tmp_path: Path, synth_catalog_dir: Path,
+                                                                 tiny_models_dir: Path) -> None:
+    out = tmp_path / "out"
+    prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
+    config = json.loads((out / "prep_config.json").read_text())
+    config["schema_version"] = 1  # as written before whole-frame counts
+    (out / "prep_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="schema 1.*partial last frame.*new --output.*still train"):
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
 
 
 @pytest.mark.slow

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 
 from data_prep.codec import CodecEncoder, load_codec
-from data_prep.schema import chroma_frames, deinterleave_stereo, interleave_stereo, num_frames, valid_frames
+from data_prep.schema import (
+    chroma_frames,
+    deinterleave_stereo,
+    interleave_stereo,
+    num_frames,
+    read_valid_frames,
+    valid_frames,
+)
 
 
 def test_interleave_round_trip_and_order() -> None:
@@ -29,7 +36,9 @@ def test_frame_counts_match_musicgen() -> None:
     assert num_frames(30) == 1500
     assert chroma_frames(30 * 32000) == 235
     assert chroma_frames(1) == 5
-    assert valid_frames(640) == 1 and valid_frames(641) == 2 and valid_frames(0) == 0
+    # Whole frames only (audiocraft's padding mask floors): a partial last frame was encoded over padding.
+    assert valid_frames(640) == 1 and valid_frames(641) == 1 and valid_frames(639) == 0 and valid_frames(0) == 0
+    assert valid_frames(46_520) == 72  # 72.69 frames of audio
 
 
 def test_batched_stereo_encode_equals_single_mono_encodes(tiny_models_dir: Path) -> None:
@@ -62,3 +71,13 @@ def test_latents_and_decode_have_the_codec_shapes(tiny_models_dir: Path) -> None
     assert (rebuilt - latent).pow(2).mean() < (rebuilt.roll(1, 0) - latent).pow(2).mean()
     stereo = decode_codes(model, codes.reshape(2, 2, 4, 50).transpose(1, 2).reshape(2, 8, 50))
     assert stereo.shape == (2, 2, 32000)
+
+
+def test_schema_1_counts_are_read_as_whole_frames() -> None:
+    # Schema 1 stored ceil(46,520 / 640) = 73 for a 1.45375 s tail; the reader recomputes the floor, 72.
+    old = {"schema_version": 1, "valid_frames": 73, "start_seconds": 10.0, "end_seconds": 10.0 + 46_520 / 32_000}
+    assert read_valid_frames(old, 100) == 72
+    whole = {"schema_version": 1, "valid_frames": 100, "start_seconds": 0.0, "end_seconds": 2.0}
+    assert read_valid_frames(whole, 100) == 100
+    new = {"schema_version": 2, "valid_frames": 72, "start_seconds": 10.0, "end_seconds": 11.45375}
+    assert read_valid_frames(new, 100) == 72

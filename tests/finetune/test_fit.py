@@ -59,6 +59,45 @@ def test_unknown_config_key_fails_naming_it_before_any_model_is_built(tmp_path: 
     assert not (tmp_path / "run").exists()
 
 
+def _as_schema_1(shards: Path, out: Path) -> int:
+    """Rewrite shards as schema 1 wrote them (valid frames counted with a ceiling); returns how many tails changed."""
+    import io
+    import tarfile
+
+    out.mkdir()
+    changed = 0
+    for shard in sorted(shards.glob("shard-*.tar")):
+        with tarfile.open(shard) as src, tarfile.open(out / shard.name, "w") as dst:
+            for member in src.getmembers():
+                data = src.extractfile(member).read()
+                if member.name.endswith(".json"):
+                    info = json.loads(data)
+                    samples = round((info["end_seconds"] - info["start_seconds"]) * 32000)
+                    ceil = min(-(-samples // 640), info["num_frames"])
+                    changed += ceil != info["valid_frames"]
+                    info.update(schema_version=1, valid_frames=ceil)
+                    data = json.dumps(info).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+    return changed
+
+
+def test_shards_of_schema_1_still_train_with_whole_frame_counts(tmp_path: Path, tiny_lm_dir: Path,
+                                                                 mono_shards: Path) -> None:
+    from finetune.lm.data import MusicGenData
+
+    old = tmp_path / "old"
+    assert _as_schema_1(mono_shards, old) > 0  # the catalog has tails with a partial last frame
+    read_old = {k: v for batch in MusicGenData(str(old), val_shards=str(old), batch_size=4).val_dataset(0, 1)
+                for k, v in zip(batch["keys"], batch["valid_frames"].tolist())}
+    read_new = {k: v for batch in MusicGenData(str(mono_shards), val_shards=str(mono_shards), batch_size=4)
+                .val_dataset(0, 1) for k, v in zip(batch["keys"], batch["valid_frames"].tolist())}
+    assert read_old == read_new  # both counts are read as whole frames
+    main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", old, tmp_path / "run", "--trainer.logger", "false",
+                  "--trainer.max_steps", "2"))
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
 @pytest.mark.slow
 def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tiny_lm_dir: Path,
                                                                mono_shards: Path) -> None:

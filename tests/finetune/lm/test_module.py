@@ -30,9 +30,18 @@ def _batch(k: int, t: int, melody: bool, seed: int = 0) -> dict:
     return batch
 
 
-def audiocraft_inputs(codes: torch.Tensor, delays: list[int], special: int = 2048) -> torch.Tensor:
-    """audiocraft's DelayedPatternProvider + build_pattern_sequence(keep_only_valid_steps=True), as coordinates."""
+def audiocraft_inputs(codes: torch.Tensor, delays: list[int], valid: torch.Tensor | None = None,
+                      special: int = 2048) -> torch.Tensor:
+    """audiocraft's DelayedPatternProvider + build_pattern_sequence(keep_only_valid_steps=True), as coordinates.
+
+    With `valid` [B], frames from `valid[i]` on are first replaced by the special token, as `MusicGenSolver.
+    _prepare_tokens_and_attributes` does with `tokens.padding_with_special_token`.
+    """
     b, k, t = codes.shape
+    if valid is not None:
+        codes = codes.clone()
+        for i in range(b):
+            codes[i, :, int(valid[i]):] = special
     layout = [[]] + [[(s - d, q) for q, d in enumerate(delays) if s - d >= 0] for s in range(t + max(delays))]
     valid = layout[: t + 1]
     out = torch.full((b, k, len(valid)), special, dtype=torch.long)
@@ -78,7 +87,7 @@ def test_inputs_and_loss_match_audiocraft(tiny_lm_dir: Path, name: str) -> None:
     loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
 
     b, k, t = batch["codes"].shape
-    expected_inputs = audiocraft_inputs(batch["codes"], module.delays)
+    expected_inputs = audiocraft_inputs(batch["codes"], module.delays, batch["valid_frames"])
     torch.testing.assert_close(captured["input_ids"].reshape(b, k, -1), expected_inputs, rtol=0, atol=0)
     raw = captured["logits"].reshape(b, k, -1, module.card)[:, :, -(t + 1):]
     torch.testing.assert_close(loss, audiocraft_loss(raw, batch["codes"], module.delays, batch["valid_frames"]))
@@ -93,6 +102,61 @@ def test_null_text_condition_is_all_zero_and_cfg_draw_is_rank_independent(tiny_l
     draws = [batch_draw(0, step, "cfg") < 0.3 for step in range(2000)]
     assert abs(sum(draws) / len(draws) - 0.3) < 0.04
     assert draws == [batch_draw(0, step, "cfg") < 0.3 for step in range(2000)]
+
+
+def test_cfg_dropped_batch_gets_audiocrafts_one_token_null_text(tiny_lm_dir: Path) -> None:
+    """audiocraft's ClassifierFreeGuidanceDropout sets every text to "": T5 tokenizes the batch as `[</s>]` alone,
+    a 1-token condition whose embedding is zeroed, whatever the captions' padded length was. For a melody model that
+    token follows the 5 null chroma frames in the prefix: 6 positions, all zero."""
+    batch = _batch(4, 10, False)
+    text = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), cfg_dropout=0.0, word_dropout=0.0)
+    kept = text.conditions(batch, train=True)
+    assert kept.shape[1] > 1 and kept.abs().sum() > 0  # the captions' padded length
+    text.cfg_dropout = 1.0
+    nulled = text.conditions(batch, train=True)
+    assert nulled.shape == (3, 1, kept.shape[2]) and not nulled.abs().sum()
+
+    melody = MusicGenLM(str(tiny_lm_dir / "musicgen-stereo-melody"), cfg_dropout=1.0, word_dropout=0.0,
+                        chroma_dropout=0.0)
+    mbatch = _batch(8, 10, True)
+    prefix = melody.conditions(mbatch, train=True)
+    assert prefix.shape[:2] == (3, 5 + 1) and not prefix.abs().sum()
+    # The decoder sees exactly audiocraft's prefix: the same logits as a hand-built [B, 6, D] zero prefix.
+    logits, _ = melody(mbatch, train=True)
+    melody.conditions = lambda batch, train: torch.zeros(3, 6, prefix.shape[2])
+    reference, _ = melody(mbatch, train=True)
+    torch.testing.assert_close(logits, reference, rtol=0, atol=0, equal_nan=True)  # NaN: outside the pattern
+
+
+def test_word_dropout_draws_anew_for_each_micro_batch_and_reproducibly(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """audiocraft draws word dropout per forward pass; with gradient accumulation, the micro-batches of one
+    optimizer step must drop different words (here: the same batch fed 6 times, 2 micro-batches per step)."""
+    import lightning as L
+
+    caption = " ".join(f"word{i}" for i in range(24))
+    batch = _batch(4, 10, False)
+    batch["captions"] = [caption] * 3
+
+    def run() -> list[tuple[int, int, list]]:
+        module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), cfg_dropout=0.0, word_dropout=0.5)
+        seen = []
+
+        class Record(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, b, idx) -> None:
+                seen.append((trainer.global_step, idx, list(pl_module.last_captions)))
+
+        trainer = L.Trainer(max_steps=3, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, callbacks=[Record()], default_root_dir=tmp_path)
+        loader = torch.utils.data.DataLoader([dict(batch) for _ in range(6)], batch_size=None, collate_fn=lambda x: x)
+        trainer.fit(module, train_dataloaders=loader)
+        return seen
+
+    seen = run()
+    assert [idx for _, idx, _ in seen] == list(range(6))
+    for first, second in zip(seen[0::2], seen[1::2]):
+        assert first[2] != second[2], "two micro-batches of one optimizer step dropped the same words"
+    assert all(c != caption for _, _, captions in seen for c in captions)  # words were dropped
+    assert run() == seen  # a rerun (or a resume at a step boundary) draws the same
 
 
 def test_melody_prefix_masks_padded_chroma_and_nulls_to_five_zero_frames(tiny_lm_dir: Path) -> None:
