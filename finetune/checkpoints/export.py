@@ -63,8 +63,16 @@ def model_card(base: str, summary: dict[str, Any], metrics: dict[str, float], fm
         f"Trained with mgft ({'LoRA, merged' if lora else 'full fine-tune'}); exported as "
         f"{'transformers' if fmt == 'hf' else 'audiocraft'} files.",
         "",
-        "## Training data",
     ]
+    if fmt == "hf":
+        # mgft trains and generates with audiocraft's position table (finetune.lm.load.use_audiocraft_positions).
+        lines += [
+            "Note: the model was trained with audiocraft's sinusoidal position table. Plain transformers builds its "
+            "own (the same formula computed another way in fp32: up to 1.2e-4 apart within 1,500 positions), so its "
+            "logits differ slightly from mgft's; `mgft generate` on this folder uses audiocraft's table.",
+            "",
+        ]
+    lines += ["## Training data"]
     if stats:
         lines += [
             f"- {stats['tracks_kept']} tracks, {stats['hours_kept']:.2f} hours, {stats['segments']} segments "

@@ -17,17 +17,26 @@ import numpy as np
 from data_prep.schema import SAMPLE_RATE
 
 
-def melody_chroma_for(path: str, demucs: str, device: str):
-    """The melody condition of an audio file: 32 kHz mono -> HTDemucs vocals + other -> chroma `[1, F, 12]`."""
+def melody_audio_for(paths: list[str], demucs: str, device: str, channels: int):
+    """Melody files as a `MelodyAudio`: decoded, at 32 kHz, in the model's `channels`, with HTDemucs + chroma.
+
+    As audiocraft's `generate_with_chroma`: the melody is converted to the model's channels, and its chroma (of
+    each generation window, see `finetune.inference.sampler.MelodyAudio`) separates those channels with demucs, then
+    averages the vocals + other stems.
+    """
     import torch
 
     from data_prep import audio as audio_io
     from data_prep.chroma import ChromaExtractor
     from data_prep.stems import load_demucs, melody_chroma
+    from finetune.inference.sampler import MelodyAudio
 
-    decoded = audio_io.convert_channels(audio_io.resample(audio_io.decode(Path(path)), SAMPLE_RATE), 1)
-    wav = torch.from_numpy(decoded.samples)[None].to(device)  # [1, 1, N]
-    return melody_chroma(load_demucs(demucs, device), ChromaExtractor().to(device), wav, seed=0)
+    wavs = []
+    for path in paths:
+        decoded = audio_io.convert_channels(audio_io.resample(audio_io.decode(Path(path)), SAMPLE_RATE), channels)
+        wavs.append(torch.from_numpy(decoded.samples).to(device))  # [C, N]
+    separator, extractor = load_demucs(demucs, device), ChromaExtractor().to(device)
+    return MelodyAudio(wavs, lambda wav: melody_chroma(separator, extractor, wav, seed=0))  # [1, C, n] -> [1, F, 12]
 
 
 def generate(
@@ -44,6 +53,8 @@ def generate(
     cfg: float = 3.0,
     top_k: int = 250,
     temperature: float = 1.0,
+    top_p: float = 0.0,
+    two_step_cfg: bool = False,
     seed: int = 0,
     batch_size: int = 4,
     device: str = "cpu",
@@ -66,7 +77,9 @@ def generate(
         mbd: The MBD file for `--decoder mbd`: hub id, `.th` file, or a folder holding `mbd_musicgen_32khz.th`.
         cfg: Classifier-free guidance coefficient (audiocraft 3.0).
         top_k: Top-k sampling (audiocraft 250; transformers defaults to 50).
-        temperature: Sampling temperature.
+        temperature: Sampling temperature (0: greedy).
+        top_p: Nucleus sampling when > 0, in place of top-k (audiocraft's option, off by default).
+        two_step_cfg: Separate conditional and unconditional passes, as audiocraft's option (off by default).
         seed: Sampling seed.
         batch_size: Prompts generated together.
         device: cpu or cuda.
@@ -90,20 +103,21 @@ def generate(
     lm, is_melody = module.model, module.is_melody
     if melody is not None and not is_melody:
         raise ValueError(f"--melody needs a melody model; {model} is text-only")
-    chroma = melody_chroma_for(melody, demucs, device) if melody is not None else None
+    channels = getattr(lm.config.decoder, "audio_channels", 1)
+    tune = melody_audio_for([melody], demucs, device, channels) if melody is not None else None
     diffusion = None
     if decoder == "mbd":
         from finetune.mbd.decoder import load_mbd
 
         diffusion = load_mbd(mbd, lm.audio_encoder, trust_checkpoint).to(device)
-    sampler = Sampler.from_module(module, cfg=cfg, top_k=top_k, temperature=temperature, seed=seed)
+    sampler = Sampler.from_module(module, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                  two_step_cfg=two_step_cfg, seed=seed)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, all_codes = [], []
     for start in range(0, len(captions), batch_size):
         batch = captions[start : start + batch_size]
-        batch_chroma = chroma.expand(len(batch), -1, -1) if chroma is not None else None
-        codes = generate_codes(sampler, batch, duration, batch_chroma)  # [B, K, T]
+        codes = generate_codes(sampler, batch, duration, melody=tune.repeat(len(batch)) if tune else None)  # [B, K, T]
         all_codes.append(codes.cpu().numpy().astype(np.int16))
         if diffusion is not None:
             audio = diffusion.tokens_to_wav(codes, seed=seed + start).float().cpu().numpy()  # [B, C, N]

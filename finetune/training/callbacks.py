@@ -57,7 +57,8 @@ class SampleGenerator(L.Callback):
         self.top_k = top_k
         self.seed = seed
         self._prompts: list[str] | None = None
-        self._chroma: torch.Tensor | None = None
+        self._chroma: torch.Tensor | None = None  # the first batch's (precomputed) chroma
+        self._melody = None  # or the `melodies` files, as `mgft generate --melody` takes them (MelodyAudio)
         self._last_step = -1
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
@@ -69,15 +70,10 @@ class SampleGenerator(L.Callback):
         if not getattr(pl_module, "is_melody", False):
             return
         if self.melodies is not None:
-            from finetune.inference.generate import melody_chroma_for
-            from finetune.inference.sampler import CHROMA_FRAMES
+            from finetune.inference.generate import melody_audio_for
 
-            chromas = []
-            for path in self.melodies[: len(self._prompts)]:
-                chroma = melody_chroma_for(path, self.demucs, "cpu")  # [1, F, 12]
-                reps = -(-CHROMA_FRAMES // chroma.shape[1])
-                chromas.append(chroma.repeat(1, reps, 1)[:, :CHROMA_FRAMES])  # what the sampler does to one melody
-            self._chroma = torch.cat(chromas)
+            channels = getattr(pl_module.model.config.decoder, "audio_channels", 1)
+            self._melody = melody_audio_for(self.melodies[: len(self._prompts)], self.demucs, "cpu", channels)
         elif batch.get("chroma") is not None:
             n = min(len(self._prompts), batch["chroma"].shape[0])
             self._chroma = batch["chroma"][:n].detach().cpu()
@@ -112,7 +108,8 @@ class SampleGenerator(L.Callback):
             with torch.random.fork_rng(devices=cuda):
                 sampler = Sampler.from_module(pl_module, cfg=self.guidance_scale, top_k=self.top_k, seed=self.seed)
                 chroma = self._chroma.to(pl_module.device) if self._chroma is not None else None
-                codes = generate_codes(sampler, self._prompts, self.seconds, chroma, progress=False)  # [N, K, T]
+                codes = generate_codes(sampler, self._prompts, self.seconds, chroma, progress=False,
+                                       melody=self._melody)  # [N, K, T]
                 audio = decode_codes(pl_module.model.audio_encoder, codes)
         finally:
             pl_module.train(was_training)

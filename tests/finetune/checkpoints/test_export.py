@@ -63,6 +63,7 @@ def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_pat
         assert "CC0-1.0" in card and "tracks" in card and "hours" in card
         assert "lora_rank: 8" in card  # the resolved training config
         assert "train/loss" in card
+        assert ("audiocraft's sinusoidal position table" in card) == (fmt == "hf")
     exported = tmp_path / "both" / "audiocraft"
     package = torch.load(exported / "state_dict.bin", weights_only=True)
     assert {"best_state", "xp.cfg", "version", "exported"} <= set(package)
