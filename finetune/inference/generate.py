@@ -93,10 +93,11 @@ def generate(
     # Here, not at the top: `mgft generate -h` must not wait for torch and transformers.
     from data_prep.codec import decode_codes
     from finetune.inference.load import load_for_inference
-    from finetune.inference.sampler import Sampler, generate_codes
+    from finetune.inference.sampler import Sampler, check_sampling, generate_codes
 
     if (prompt is None) == (prompts is None):
         raise ValueError("give exactly one of --prompt or --prompts")
+    check_sampling(temperature, top_k, top_p)
     captions = [prompt] if prompt is not None else [
         line.strip() for line in Path(prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
     module = load_for_inference(model, device, trust_checkpoint)

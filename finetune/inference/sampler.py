@@ -86,6 +86,16 @@ def window_of_chroma(chroma: torch.Tensor, offset: int, windowed: bool) -> torch
     return chroma[:, positions % chroma.shape[1]]
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling settings that have no meaning, before any model is loaded."""
+    problems = [f"{name} {value} ({rule})" for name, value, ok, rule in (
+        ("temperature", temperature, temperature >= 0, ">= 0; 0 is greedy"),
+        ("top_k", top_k, top_k >= 0, ">= 0; 0 samples from all codes"),
+        ("top_p", top_p, 0 <= top_p <= 1, "in [0, 1]; 0 is off")) if not ok]
+    if problems:
+        raise ValueError("sampling settings out of range: " + ", ".join(problems))
+
+
 class Sampler:
     """Autoregressive sampling over the delayed pattern with a KV cache and classifier-free guidance."""
 
@@ -110,9 +120,7 @@ class Sampler:
                 text then tokenized alone (1 token) rather than padded to the prompts' length.
             seed: seed of the sampler's own generator.
         """
-        if temperature < 0 or not 0 <= top_p <= 1 or top_k < 0:
-            raise ValueError(f"sampling needs temperature >= 0, 0 <= top_p <= 1, top_k >= 0 (got {temperature}, "
-                             f"{top_p}, {top_k})")
+        check_sampling(temperature, top_k, top_p)
         self.model, self.tokenizer, self.is_melody = model, tokenizer, is_melody
         dec = model.config.decoder
         self.k = dec.num_codebooks

@@ -113,6 +113,8 @@ def test_generate_rejects_bad_requests(tiny_lm_dir: Path, tmp_path: Path) -> Non
         generate(model=str(tiny_lm_dir / "musicgen-small"), out=str(tmp_path))
     with pytest.raises(ValueError, match="melody model"):
         generate(model=str(tiny_lm_dir / "musicgen-small"), prompt="x", melody="x.wav", out=str(tmp_path))
+    with pytest.raises(ValueError, match=r"top_p 1.5 \(in \[0, 1\]"):
+        generate(model=str(tmp_path / "no-such-model"), prompt="x", top_p=1.5, out=str(tmp_path))  # before loading
 
 
 class WindowSpy:
