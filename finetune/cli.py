@@ -63,10 +63,18 @@ class MgftCLI(LightningCLI):
         self.before_fit()
 
     def before_fit(self) -> None:
-        """Send checkpoints without a `dirpath` to `default_root_dir/checkpoints`, where `--ckpt_path last` looks."""
+        """Send checkpoints without a `dirpath` to `default_root_dir/checkpoints`, where `--ckpt_path last` looks.
+
+        Every run that checkpoints also checkpoints its final step (`FinalCheckpoint`), whatever its interval.
+        """
+        from finetune.training.preemption import FinalCheckpoint
+
         for callback in self.trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.trainer.default_root_dir, "checkpoints")
+        if self.trainer.checkpoint_callbacks and not any(isinstance(c, FinalCheckpoint)
+                                                         for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(FinalCheckpoint())
 
 
 def default_plugins() -> list[dict]:

@@ -1,4 +1,4 @@
-"""Preemption on SLURM: checkpoint at the next step boundary on every rank, then requeue the job.
+"""Checkpoints outside the step interval: on preemption (then requeue the job), and at the end of training.
 
     #SBATCH --signal=USR1@90 --requeue        (slurm/fit.sbatch; the callback is in the GPU trainer configs)
 
@@ -9,6 +9,10 @@ enough), every rank takes part in writing `checkpoints/last.ckpt` (temporary nam
 `AtomicCheckpointIO`), rank 0 runs `scontrol requeue`, and the run stops. The requeued job starts the same command
 with `--ckpt_path last`, so it resumes from that checkpoint with the step count, optimizer, schedule, EMA and data
 stream position of the preempted run. `SLURM_RESTART_COUNT` bounds requeue loops.
+
+`FinalCheckpoint` (added to every `mgft fit` by the CLI) writes `last.ckpt` at the end of training when the
+interval did not just write it: a run whose `max_steps` is not a multiple of `every_n_train_steps` would otherwise
+end with its last steps in no file.
 """
 
 from __future__ import annotations
@@ -32,6 +36,41 @@ def slurm_job_id() -> str | None:
     if array_job and array_task:
         return f"{array_job}_{array_task}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """`last.ckpt` in the ModelCheckpoint folder, registered as that callback's last checkpoint.
+
+    So the resumed run keeps overwriting it (instead of starting `last-v1.ckpt`).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folder = Path(trainer.default_root_dir) / "checkpoints"
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    if callbacks and callbacks[0].dirpath:
+        folder = Path(callbacks[0].dirpath)
+    path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    for cb in callbacks:
+        if cb.save_last and cb.dirpath and Path(cb.dirpath) == folder:
+            cb.last_model_path = str(path)
+    return path
+
+
+class FinalCheckpoint(L.Callback):
+    """At the end of training, write `last.ckpt` unless a checkpoint of this very step was just written."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the final step (collective: every rank gets here at the same step)."""
+        step = trainer.global_step
+        if step == 0:
+            return
+        saved = {getattr(cb, "_last_global_step_saved", -1) for cb in trainer.checkpoint_callbacks}
+        saved |= {cb.saved_step for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)}
+        if step in saved:
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        log.info("final step %d checkpointed to %s", step, path)
 
 
 class PreemptionCheckpoint(L.Callback):
@@ -73,31 +112,13 @@ class PreemptionCheckpoint(L.Callback):
             flag = trainer.strategy.reduce(flag, reduce_op="max")
         if flag.item() == 0:
             return
-        path = self._last_path(trainer)
+        path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # collective: every rank calls it; written atomically
         self.saved_step = trainer.global_step
         log.warning("preemption signal: checkpoint at step %d written to %s", trainer.global_step, path)
         trainer.should_stop = True
         if trainer.is_global_zero:
             self._requeue()
-
-    @staticmethod
-    def _last_path(trainer: L.Trainer) -> Path:
-        """`last.ckpt` in the ModelCheckpoint folder, registered as that callback's last checkpoint.
-
-        So the resumed run keeps overwriting it (instead of starting `last-v1.ckpt`).
-        """
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        folder = Path(trainer.default_root_dir) / "checkpoints"
-        callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-        if callbacks and callbacks[0].dirpath:
-            folder = Path(callbacks[0].dirpath)
-        path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        for cb in callbacks:
-            if cb.save_last and cb.dirpath and Path(cb.dirpath) == folder:
-                cb.last_model_path = str(path)
-        return path
 
     def _requeue(self) -> None:
         job = slurm_job_id()

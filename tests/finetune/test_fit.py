@@ -196,3 +196,17 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path: Path, tiny_lm_
                     "--trainer.callbacks+=tests.finetune.helpers.NaNInjector", "--trainer.callbacks.steps", "[1, 2, 3]")
     with pytest.raises(RuntimeError, match="3 consecutive steps"):
         main(stop)
+
+
+def test_the_last_step_is_checkpointed_whatever_the_interval(tmp_path: Path, tiny_lm_dir: Path,
+                                                              mono_shards: Path) -> None:
+    """max_steps 13 with checkpoints every 10 steps: `last.ckpt` must hold step 13, not step 10."""
+    main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path, "--trainer.logger", "false",
+                  "--trainer.max_steps", "13"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 13
+    assert (tmp_path / "checkpoints" / "step000010.ckpt").exists()
+    # The final checkpoint is a resumable one: a longer schedule continues from step 13.
+    main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path, "--trainer.logger", "false",
+                  "--trainer.max_steps", "16", "--ckpt_path", "last"))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
