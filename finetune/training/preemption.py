@@ -2,17 +2,19 @@
 
     #SBATCH --signal=USR1@90 --requeue        (slurm/fit.sbatch; the callback is in the GPU trainer configs)
 
-Lightning's own SLURM handler saves the checkpoint *inside* the signal handler, which can run mid-backward and
-never finish or write a torn file (Lightning #21406), and it writes a new `hpc_ckpt_N` per preemption (#6204). Here
-the handler only sets a flag. After the current optimizer step, the ranks agree (all-reduce: one rank's signal is
-enough), every rank takes part in writing `checkpoints/last.ckpt` (temporary name, fsync, rename: the trainer's
-`AtomicCheckpointIO`), rank 0 runs `scontrol requeue`, and the run stops. The requeued job starts the same command
-with `--ckpt_path last`, so it resumes from that checkpoint with the step count, optimizer, schedule, EMA and data
-stream position of the preempted run. `SLURM_RESTART_COUNT` bounds requeue loops.
+Lightning's own SLURM handler saves the checkpoint *inside* the signal handler, which can run mid-backward and never
+finish or write a torn file (Lightning #21406), and it writes a new `hpc_ckpt_N` per preemption (#6204). Here the
+handler only sets a flag. The ranks agree on it without stalling the GPU: after each optimizer step every rank starts an
+asynchronous MAX all-reduce of its flag on a CPU (gloo) group, and reads the previous step's result, long finished, at
+the next step boundary; so one rank's signal stops every rank at the same step, one step late, with no device sync (a
+single process reads its flag directly). Then every rank takes part in writing `checkpoints/last.ckpt` (temporary name,
+fsync, rename: the trainer's `AtomicCheckpointIO`), rank 0 runs `scontrol requeue`, and the run stops. The requeued job
+starts the same command with `--ckpt_path last`, so it resumes from that checkpoint with the step count, optimizer,
+schedule, EMA and data stream position of the preempted run. `SLURM_RESTART_COUNT` bounds requeue loops.
 
-`FinalCheckpoint` (added to every `mgft fit` by the CLI) writes `last.ckpt` at the end of training when the
-interval did not just write it: a run whose `max_steps` is not a multiple of `every_n_train_steps` would otherwise
-end with its last steps in no file.
+`FinalCheckpoint` (added to every `mgft fit` by the CLI) writes `last.ckpt` at the end of training when the interval did
+not just write it: a run whose `max_steps` is not a multiple of `every_n_train_steps` would otherwise end with its last
+steps in no file.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class PreemptionCheckpoint(L.Callback):
         self.requested = False
         self.saved_step: int | None = None
         self._previous: Any = None
+        self._group: Any = None  # a gloo process group for the flag (several ranks)
+        self._pending: tuple[Any, torch.Tensor] | None = None  # (all-reduce in flight, its CPU flag)
 
     def _handler(self, signum: int, frame: Any) -> None:
         # Only a flag: the checkpoint is written from the training loop, never from inside the handler.
@@ -98,19 +102,24 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the signal handler for the training loop; it only sets a flag."""
         self._previous = signal.signal(self.signum, self._handler)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            # Collective: every rank creates it. gloo on CPU tensors never touches the accelerator's streams.
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Restore the signal handler that was there before training."""
+        """Restore the signal handler that was there before training; let the last flag exchange finish."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
         if self._previous is not None:
             signal.signal(self.signum, self._previous)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """After a signal on any rank: checkpoint on every rank at this step boundary, requeue (rank 0) and stop."""
-        flag = torch.tensor(float(self.requested), device=pl_module.device)
-        if trainer.world_size > 1:  # one rank's signal stops every rank at the same step
-            flag = trainer.strategy.reduce(flag, reduce_op="max")
-        if flag.item() == 0:
+        if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches):
+            return  # mid-accumulation: not an optimizer step boundary, nothing to checkpoint yet
+        if not self._agreed_request():
             return
         path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # collective: every rank calls it; written atomically
@@ -119,6 +128,20 @@ class PreemptionCheckpoint(L.Callback):
         trainer.should_stop = True
         if trainer.is_global_zero:
             self._requeue()
+
+    def _agreed_request(self) -> bool:
+        """Whether any rank has been signalled, as all ranks agree at this step boundary."""
+        if self._group is None:
+            return self.requested
+        requested = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()  # started a whole step ago: done by now, and CPU-only
+            requested = bool(flag.item())  # a CPU tensor: no device sync
+        flag = torch.tensor([float(self.requested)])
+        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, flag)
+        return requested
 
     def _requeue(self) -> None:
         job = slurm_job_id()

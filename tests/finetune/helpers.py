@@ -117,3 +117,16 @@ class WeightRecorder(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
         torch.save(weights, self.out_dir / f"step{trainer.global_step}.pt")
+
+
+class SignalAt(L.Callback):
+    """Sends this process `signal_name` once, at the end of micro-batch `batch` (a preemption warning from SLURM)."""
+
+    def __init__(self, batch: int, signal_name: str = "SIGUSR1") -> None:
+        self.batch, self.signal_name = batch, signal_name
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        import signal
+
+        if idx == self.batch:
+            os.kill(os.getpid(), signal.Signals[self.signal_name])
