@@ -54,15 +54,26 @@ class MelodyAudio:
         if not wavs or any(w.dim() != 2 or w.shape[-1] < 2 for w in wavs):
             raise ValueError("MelodyAudio needs one [C, N] waveform (N >= 2 samples) per item")
         self.wavs, self.chroma_of = wavs, chroma_of
+        # Window chroma by (offset, windowed): the training-sample callback generates from the same melodies every
+        # round, and demucs is the slow part.
+        self._cache: dict[tuple[int, bool], torch.Tensor] = {}
+        self._copies = 1
 
     def repeat(self, n: int) -> MelodyAudio:
         """The one melody for `n` items (a single `--melody` for a batch of prompts)."""
         if len(self.wavs) != 1:
             raise ValueError("repeat needs a single melody")
-        return MelodyAudio(self.wavs * n, self.chroma_of)
+        repeated = MelodyAudio(self.wavs, self.chroma_of)
+        repeated._cache, repeated._copies = self._cache, n  # one demucs pass per window, shared by the copies
+        return repeated
 
     def window_chroma(self, offset: int, windowed: bool) -> torch.Tensor:
         """The melody condition `[B, 235, 12]` of the window that starts at output frame `offset`."""
+        if (offset, windowed) not in self._cache:
+            self._cache[offset, windowed] = self._compute(offset, windowed)
+        return self._cache[offset, windowed].repeat(self._copies, 1, 1)
+
+    def _compute(self, offset: int, windowed: bool) -> torch.Tensor:
         out = []
         for wav in self.wavs:
             if windowed:
@@ -70,7 +81,7 @@ class MelodyAudio:
                 positions = torch.arange(start, start + int(MAX_WINDOW_SECONDS * SAMPLE_RATE), device=wav.device)
                 wav = wav[..., positions % wav.shape[-1]]
             out.append(match_chroma_length(self.chroma_of(wav[None])))  # [1, 235, 12]
-        return torch.cat(out)
+        return torch.cat(out)  # [B, 235, 12]
 
 
 def window_of_chroma(chroma: torch.Tensor, offset: int, windowed: bool) -> torch.Tensor:

@@ -225,3 +225,15 @@ def test_two_step_cfg_runs_a_separate_unconditional_pass_with_a_one_token_null_t
             assert codes[0, q, t] == guided[0, q, t + d].argmax(), (q, t)
     batched = Sampler.from_module(module, temperature=0).conditions([prompt], None)
     assert batched[1].shape == batched[0].shape  # batched CFG pads the null text to the prompt's length
+
+
+def test_one_melody_for_a_batch_goes_through_demucs_once_per_window(tiny_lm_dir: Path) -> None:
+    """`mgft generate --melody` with several prompts, and the sample callback's rounds, reuse one chroma per window."""
+    module = load_for_inference(str(tiny_lm_dir / "musicgen-stereo-melody"))
+    spy = WindowSpy()
+    tune = MelodyAudio([torch.arange(2 * 32000, dtype=torch.float32).repeat(2, 1)], spy)
+    for _ in range(2):
+        codes = generate_codes(Sampler.from_module(module), ["a", "b", "c"], 0.5, melody=tune.repeat(3),
+                               progress=False)
+        assert codes.shape[0] == 3
+    assert len(spy.cuts) == 1
