@@ -57,8 +57,24 @@ def trainable_state(ckpt_path: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def wandb_history_keys(run_dir: Path) -> set[str]:
-    """Metric names in an offline wandb run's `run-*.wandb` file.
+def wandb_history_keys(run_dir: Path, wait_s: float = 60.0) -> set[str]:
+    """Metric names in an offline wandb run's `run-*.wandb` file, once the file holds the run's exit record.
+
+    wandb's writer can still be flushing the file when `finish()` returns on a loaded machine (seen in CI: an
+    empty read, complete moments later), so the file is re-read until its exit record is there, for up to `wait_s`.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        keys, complete = _read_wandb_history(next(run_dir.glob("run-*.wandb")).read_bytes())
+        if complete or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.5)
+
+
+def _read_wandb_history(data: bytes) -> tuple[set[str], bool]:
+    """(history keys, whether the exit record is there) of a `.wandb` file's bytes.
 
     The file is a LevelDB-style log (32 KiB blocks; each record chunk has a 7-byte header: crc32, length, type
     FULL/FIRST/MIDDLE/LAST) of `wandb_internal_pb2.Record` protobufs; wandb 0.31 no longer ships a reader.
@@ -67,7 +83,6 @@ def wandb_history_keys(run_dir: Path) -> set[str]:
 
     from wandb.proto import wandb_internal_pb2
 
-    data = next(run_dir.glob("run-*.wandb")).read_bytes()
     block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
@@ -86,12 +101,18 @@ def wandb_history_keys(run_dir: Path) -> set[str]:
         elif kind == 4:
             records.append(pending + payload)
     keys: set[str] = set()
+    complete = False
     for raw in records:
         record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
+        try:
+            record.ParseFromString(raw)
+        except Exception:  # a record still being written: the file is not complete yet
+            return keys, False
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    return keys
+        complete |= kind == "exit"
+    return keys, complete
 
 
 class HangAt(L.Callback):
