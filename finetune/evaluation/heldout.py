@@ -65,8 +65,10 @@ def codebook_cross_entropy(module, shards: str, batch_size: int = 8,
     return metrics
 
 
-def _full_segments_first(shards: str, num_samples: int) -> list[dict[str, Any]]:
+def _full_segments_first(shards: str, num_samples: int) -> list[tuple[dict[str, Any], dict[str, Any], np.ndarray, int]]:
     """`num_samples` held-out samples in shard order, whole segments before the shorter tails of tracks.
+
+    Each as (raw sample, its info, its codes `[K, T]`, its whole valid frames), each decoded once.
 
     Generations and references are trimmed to the shortest clip compared, so one 1.5 s tail would cut every clip
     to 1.5 s; tails are used only when there are not enough whole segments.
@@ -74,25 +76,25 @@ def _full_segments_first(shards: str, num_samples: int) -> list[dict[str, Any]]:
     full, tails = [], []
     for sample in wds.WebDataset(resolve_shards(shards), shardshuffle=False, empty_check=False):
         info = json.loads(sample[INFO_KEY])
-        frames = np.load(io.BytesIO(sample[CODES_KEY])).shape[-1]
-        (full if read_valid_frames(info, frames) >= frames else tails).append(sample)
+        codes = np.load(io.BytesIO(sample[CODES_KEY]))  # [K, T]
+        valid = read_valid_frames(info, codes.shape[-1])
+        (full if valid >= codes.shape[-1] else tails).append((sample, info, codes, valid))
         if len(full) == num_samples:
             break
-    tails.sort(key=lambda s: -json.loads(s[INFO_KEY])["valid_frames"])
+    tails.sort(key=lambda entry: -entry[3])
     return (full + tails)[:num_samples]
 
 
 def held_out(shards: str, num_samples: int, codec: torch.nn.Module) -> HeldOut:
     """`num_samples` held-out segments (whole segments first), their audio trimmed to the shortest one."""
     keys, captions, audio, chroma = [], [], [], []
-    for sample in _full_segments_first(shards, num_samples):
-        info = json.loads(sample[INFO_KEY])
-        seconds = read_valid_frames(info, np.load(io.BytesIO(sample[CODES_KEY])).shape[-1]) / FRAME_RATE
+    for sample, info, stored_codes, valid in _full_segments_first(shards, num_samples):
+        seconds = valid / FRAME_RATE
         if AUDIO_KEY in sample:
             wav, _ = sf.read(io.BytesIO(sample[AUDIO_KEY]), dtype="float32", always_2d=True)
             wav = torch.from_numpy(wav.T.copy())  # [C, n]
         else:  # no audio kept at prep: the EnCodec resynthesis of the codes is the reference
-            codes = torch.from_numpy(np.load(io.BytesIO(sample[CODES_KEY])).astype(np.int64))[None]
+            codes = torch.from_numpy(stored_codes.astype(np.int64))[None]  # [1, K, T]
             wav = decode_codes(codec, codes)[0, :, : round(seconds * SAMPLE_RATE)]
         keys.append(sample["__key__"])
         captions.append(info.get("caption") or "")

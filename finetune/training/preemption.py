@@ -66,6 +66,7 @@ class FinalCheckpoint(L.Callback):
         step = trainer.global_step
         if step == 0:
             return
+        # ModelCheckpoint keeps its last saved step privately; without it this only costs a second save of the step.
         saved = {getattr(cb, "_last_global_step_saved", -1) for cb in trainer.checkpoint_callbacks}
         saved |= {cb.saved_step for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)}
         if step in saved:
