@@ -42,6 +42,12 @@ class MgftCLI(LightningCLI):
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if cfg.trainer.get("max_steps", -1) in (None, -1) and cfg.model.get("total_steps") is None:
             raise ValueError("trainer.max_steps must be set: the cosine schedule and resume use step counts")
+        per_epoch, accumulate = cfg.data.get("steps_per_epoch"), cfg.trainer.get("accumulate_grad_batches") or 1
+        if isinstance(per_epoch, int) and isinstance(accumulate, int) and per_epoch % accumulate:
+            # Epochs are counted from optimizer steps (the data stream's position on resume); a partial step at each
+            # epoch end would also be an optimizer step on fewer batches.
+            raise ValueError(f"data.steps_per_epoch ({per_epoch}) must be a multiple of "
+                             f"trainer.accumulate_grad_batches ({accumulate})")
         root = cfg.trainer.get("default_root_dir") or os.getcwd()
         loggers = cfg.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:

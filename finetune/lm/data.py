@@ -8,10 +8,12 @@ Train stream (docs/performance.md)
     within its share each (rank, worker) draws its own resampled stream, seeded by
     `stream_seed(seed, resume_step, global rank, worker id, epoch)`. The epoch is the number of whole epochs of
     batches already trained (from the trainer's global step, which Lightning restores from a checkpoint);
-    `resume_step` is 0 unless `reseed(step)` sets it. So a run killed and resumed from a checkpoint taken at an
-    epoch boundary (checkpoint every `steps_per_epoch` steps) draws exactly the batches of the uninterrupted run and
-    reaches the same weights; a resume from mid-epoch restarts that epoch's stream (some samples of that epoch are
-    seen twice, none is lost). `reseed(restart_count)` gives a fresh draw instead.
+    `resume_step` is 0 unless `reseed(step)` sets it. The loader's position in the epoch (batches trained) is saved
+    in every checkpoint (`StreamLoader.state_dict`), and a resumed run's workers replay their streams and drop what
+    already trained (finetune/training/stream_position.py). So a run stopped at any step and resumed from its
+    checkpoint trains on exactly the batches of the uninterrupted run and reaches the same weights (bit for bit on
+    CPU); `reseed(restart_count)` gives a fresh draw instead. Exactness needs `steps_per_epoch` to be a multiple of
+    `trainer.accumulate_grad_batches` (the epoch is counted from optimizer steps).
 
 Validation stream
     Deterministic, no shuffle, no augmentation, crops (if any) from the start. Every rank and worker reads the val
@@ -38,6 +40,7 @@ import functools
 import glob
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -69,6 +72,7 @@ from data_prep.schema import (
     read_valid_frames,
 )
 from finetune.lm.captions import augment_caption
+from finetune.training.stream_position import StreamPosition, resumed_worker
 
 log = logging.getLogger(__name__)
 
@@ -469,6 +473,7 @@ class TrainStream(IterableDataset):
         self.loader_epoch = 0
         self.local_epoch = 0
         self.trainer_epoch: int | None = None  # set by the loader from the trainer, when there is one
+        self.skip_batches = 0  # batches of this epoch already trained (a mid-epoch resume), set by the loader
 
     def worker_seed(self, worker: int) -> int:
         """The seed of this rank's `worker` stream for the current epoch (the trainer's, else local counters)."""
@@ -496,6 +501,9 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker_info()
+        # A mid-epoch resume: this worker replays the stream of the worker that drew the epoch's next batch and drops
+        # the batches of it that trained already (finetune/training/stream_position.py).
+        worker, drop = resumed_worker(worker, num_workers, self.skip_batches)
         self.local_epoch += 1
         seed = self.worker_seed(worker)
         n_streams = self.world_size * num_workers
@@ -512,7 +520,7 @@ class TrainStream(IterableDataset):
             functools.partial(self._augmented, seed=seed),
             wds.batched(self.batch_size, collation_fn=counter.collate, partial=False),
         )
-        yield from pipeline
+        yield from itertools.islice(pipeline, drop, None)
 
 
 class _ValSplit:
@@ -630,30 +638,49 @@ class ValStream(IterableDataset):
 
 
 class StreamLoader(wds.WebLoader):
-    """`wds.WebLoader` (a DataLoader over an iterable of ready batches) that bumps the stream's epoch counter.
+    """`wds.WebLoader` (a DataLoader over an iterable of ready batches) that sets the stream's epoch and position.
+
+    Its `state_dict()` (saved by Lightning in every checkpoint) is the train stream's position: the epoch and the
+    batches of it trained; after `load_state_dict()` the next epoch's iterator starts at that batch.
 
     Args:
         dataset: A `TrainStream` or `ValStream`.
         num_batches: Batches per epoch (`with_epoch`), None for one pass over a finite stream.
+        epoch_fn: The epoch to draw, from the trainer (None without one: the stream counts its own epochs).
+        trainer_fn: The attached trainer or None, for the position saved in checkpoints.
         **kwargs: DataLoader arguments (`num_workers`, `pin_memory`, ...); `batch_size` is fixed to None because
             the stream batches itself.
     """
 
     def __init__(self, dataset: IterableDataset, num_batches: int | None = None,
-                 epoch_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
+                 epoch_fn: Callable[[], int] | None = None, trainer_fn: Callable[[], Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         self.stream = dataset
         self.num_batches = num_batches
         self.epoch_fn = epoch_fn
+        self.position = StreamPosition(trainer_fn or (lambda: None))
         if num_batches is not None:
             self.with_epoch(num_batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if isinstance(self.stream, TrainStream):
-            self.stream.loader_epoch += 1  # before workers start: they copy the stream with this value
+            # Before workers start: they copy the stream with these values.
+            self.stream.loader_epoch += 1
             if self.epoch_fn is not None:
                 self.stream.trainer_epoch = self.epoch_fn()
+            skip = self.position.start(self.stream.trainer_epoch)
+            self.stream.skip_batches = skip if self.num_batches is None or skip < self.num_batches else 0
         return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train stream's position (epoch, batches trained in it); empty for validation."""
+        return self.position.state_dict() if isinstance(self.stream, TrainStream) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next iterator at a checkpoint's position (train streams; validation ignores it)."""
+        if state and isinstance(self.stream, TrainStream):
+            self.position.load_state_dict(state)
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -862,6 +889,7 @@ class MusicGenData(L.LightningDataModule):
             dataset,
             num_batches=num_batches,
             epoch_fn=self._stream_epoch if trainer is not None else None,
+            trainer_fn=lambda: self.trainer,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             # Non-persistent workers start from the main process's copy of the stream each epoch; the loader bumps

@@ -30,7 +30,7 @@ from finetune.lm.conditioning import (
     melody_condition,
     text_condition,
 )
-from finetune.lm.data import Batch
+from finetune.lm.data import Batch, stream_seed
 from finetune.lm.load import load_musicgen
 from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
 from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for, loss_mask
@@ -259,6 +259,10 @@ class MusicGenLM(L.LightningModule):
         """Masked cross-entropy of a batch with condition dropout; logs loss per codebook, frames/s and the CFG draw."""
         # Lightning accumulates over consecutive batch indices: (batch_idx % n) is the micro-batch within the step.
         self._micro_batch = batch_idx % max(1, self.trainer.accumulate_grad_batches)
+        # Decoder and LoRA dropout draw from torch's global generator, which checkpoints do not hold: seeding it per
+        # (seed, step, micro-batch, rank) makes a resumed run draw what the uninterrupted run did.
+        torch.manual_seed(stream_seed(self.hparams.seed, "dropout", self.global_step, self._micro_batch,
+                                      self.global_rank))
         logits, mask = self(batch, train=True)
         loss, per_codebook = masked_codebook_ce(logits, batch["codes"], mask)
         b = batch["codes"].shape[0]

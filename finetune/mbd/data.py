@@ -7,13 +7,15 @@ U-Net and must come from exactly the cropped audio).
 
 Train stream: shards are split over (rank, worker) streams as the LM's (`finetune.lm.data.split_for_stream`), drawn with
 replacement from a generator seeded by (seed, rank, worker, epoch), shuffled in a buffer, cropped and batched;
-`steps_per_epoch` keeps every rank at the same number of batches. Validation: the first `val_items` segments of the
+`steps_per_epoch` keeps every rank at the same number of batches; a run resumed mid-epoch starts at the checkpoint's
+batch of the epoch (finetune/training/stream_position.py). Validation: the first `val_items` segments of the
 validation shards in order, the crop taken from each segment's start, so the validation loss is comparable across runs.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.schema import AUDIO_KEY, SAMPLE_RATE
 from finetune.lm.data import _dist_info_from_env, resolve_shards, split_for_stream, stream_seed
+from finetune.training.stream_position import StreamPosition, resumed_worker
 
 
 def decode_audio(raw: bytes) -> torch.Tensor:
@@ -49,6 +52,7 @@ class AudioCrops(IterableDataset):
                  shuffle_buffer: int = 64) -> None:
         self.urls, self.samples, self.seed, self.epoch = urls, samples, seed, epoch
         self.train, self.limit, self.shuffle_buffer = train, limit, shuffle_buffer
+        self.skip_batches, self.batch_size = 0, 1  # a mid-epoch resume's trained batches (set by the loader)
 
     def _segments(self, urls: list[str], rng: random.Random) -> Iterator[dict[str, Any]]:
         if self.train:
@@ -61,6 +65,11 @@ class AudioCrops(IterableDataset):
         rank, world = _dist_info_from_env()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Mid-epoch resume: stand in for the worker that drew the epoch's next batch, dropping what already trained.
+        worker, drop = resumed_worker(worker, workers, self.skip_batches)
+        yield from itertools.islice(self._crops(rank, world, worker, workers), drop * self.batch_size, None)
+
+    def _crops(self, rank: int, world: int, worker: int, workers: int) -> Iterator[torch.Tensor]:
         rng = random.Random(stream_seed(self.seed, rank, worker, self.epoch))
         if self.train:
             urls, bucket = split_for_stream(self.urls, rank * workers + worker, world * workers)
@@ -90,18 +99,33 @@ class AudioCrops(IterableDataset):
 
 
 class CropLoader(wds.WebLoader):
-    """Batches crops; before each epoch's workers start, it sets the stream's epoch.
+    """Batches crops; before each epoch's workers start, it sets the stream's epoch and its position.
 
-    So every epoch draws new crops and a resumed run continues with the epochs after the restored step.
+    So every epoch draws new crops, and a resumed run continues at the checkpoint's batch of the restored epoch (its
+    `state_dict()` is saved by Lightning in every checkpoint).
     """
 
-    def __init__(self, dataset: AudioCrops, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
+    def __init__(self, dataset: AudioCrops, epoch_fn: Callable[[], int], trainer_fn: Callable[[], Any],
+                 batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
         self.crops, self.epoch_fn = dataset, epoch_fn
+        self.crops.batch_size = batch_size
+        self.position = StreamPosition(trainer_fn)
 
     def __iter__(self) -> Iterator[Any]:
-        self.crops.epoch = self.epoch_fn()  # workers copy the dataset with this value
+        # Workers copy the dataset with these values.
+        self.crops.epoch = self.epoch_fn()
+        self.crops.skip_batches = self.position.start(self.crops.epoch)
         return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch drawn and the batches of it trained."""
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next iterator at a checkpoint's position."""
+        if state:
+            self.position.load_state_dict(state)
 
 
 class MBDData(L.LightningDataModule):
@@ -139,8 +163,8 @@ class MBDData(L.LightningDataModule):
         """The endless training crop stream, cut into epochs of `steps_per_epoch` batches."""
         dataset = AudioCrops(resolve_shards(self.shards), self.samples, self.seed, self._epoch(), train=True,
                              shuffle_buffer=self.shuffle_buffer)
-        loader = CropLoader(dataset, self._epoch, batch_size=self.batch_size, num_workers=self.num_workers,
-                            persistent_workers=False)
+        loader = CropLoader(dataset, self._epoch, lambda: getattr(self, "trainer", None), batch_size=self.batch_size,
+                            num_workers=self.num_workers, persistent_workers=False)
         return loader.with_epoch(self.steps_per_epoch).with_length(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader | list[Any]:

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from data_prep.codec import load_codec, quantized_latent
 from data_prep.schema import SAMPLE_RATE
+from finetune.lm.data import stream_seed
 from finetune.mbd.decoder import BAND_PROCESSORS, BandConfig, BandModel, band_filter, load_bands
 from finetune.mbd.processor import ProcessorConfig
 from finetune.mbd.schedule import ScheduleConfig
@@ -125,6 +126,9 @@ class MBDBand(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean denoising MSE of a batch of crops `[B, 1, N]`; logs it and the learning rate."""
+        # The transformer bottleneck's dropout draws from torch's global generator, which checkpoints do not hold:
+        # seeding it by (seed, step, rank) makes a resumed run draw what the uninterrupted run did.
+        torch.manual_seed(stream_seed(self.hparams.seed, "dropout", self.global_step, self.global_rank))
         loss, _ = self.losses(batch)  # the normalizer gathers its statistics here (train mode) until frozen
         loss = loss.mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.shape[0])
@@ -227,12 +231,16 @@ class MBDBand(L.LightningModule):
                                           for k, v in checkpoint["hyper_parameters"].items()}
         if self.ema is not None:
             checkpoint["mgft_ema"] = self.ema.state_dict()
+        # The step and noise draws continue where they stood, so a resumed run draws what the uninterrupted one did.
+        checkpoint["mgft_generator"] = self.generator.get_state()
         checkpoint["mgft_band_config"] = self.band_cfg.to_audiocraft()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the EMA and put the codec's weights, which checkpoints leave out, back into the state dict."""
+        """Restore the EMA and the noise generator; put the codec's weights, which checkpoints leave out, back."""
         if self.ema is not None and "mgft_ema" in checkpoint:
             self.ema.load_state_dict(checkpoint["mgft_ema"])
+        if "mgft_generator" in checkpoint:
+            self.generator.set_state(checkpoint["mgft_generator"])
         checkpoint["state_dict"] = {**{f"codec.{k}": v for k, v in self.codec.state_dict().items()},
                                     **checkpoint["state_dict"]}
 

@@ -127,6 +127,9 @@ class PreemptionCheckpoint(L.Callback):
         self.saved_step = trainer.global_step
         log.warning("preemption signal: checkpoint at step %d written to %s", trainer.global_step, path)
         trainer.should_stop = True
+        # Lightning validates before an early stop, which would spend the grace period on validation and rewrite
+        # last.ckpt (ModelCheckpoint saves after validation) with the epoch marked complete.
+        trainer.limit_val_batches = 0
         if trainer.is_global_zero:
             self._requeue()
 

@@ -141,13 +141,16 @@ class WeightRecorder(L.Callback):
 
 
 class SignalAt(L.Callback):
-    """Sends this process `signal_name` once, at the end of micro-batch `batch` (a preemption warning from SLURM)."""
+    """Sends this process `signal_name` once (a preemption warning from SLURM): at the end of micro-batch `batch` of
+    an epoch, or once the trainer has taken `step` optimizer steps."""
 
-    def __init__(self, batch: int, signal_name: str = "SIGUSR1") -> None:
-        self.batch, self.signal_name = batch, signal_name
+    def __init__(self, batch: int = -1, step: int = -1, signal_name: str = "SIGUSR1") -> None:
+        self.batch, self.step, self.signal_name = batch, step, signal_name
+        self.sent = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         import signal
 
-        if idx == self.batch:
+        if not self.sent and (idx == self.batch or trainer.global_step == self.step):
+            self.sent = True
             os.kill(os.getpid(), signal.Signals[self.signal_name])

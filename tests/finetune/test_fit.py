@@ -59,6 +59,14 @@ def test_unknown_config_key_fails_naming_it_before_any_model_is_built(tmp_path: 
     assert not (tmp_path / "run").exists()
 
 
+def test_an_epoch_that_is_not_whole_optimizer_steps_fails_before_any_model_is_built(tmp_path: Path) -> None:
+    # The stream's position on resume counts epochs in optimizer steps; 10 batches do not make whole steps of 3.
+    with pytest.raises(ValueError, match=r"data.steps_per_epoch \(10\).*accumulate_grad_batches \(3\)"):
+        main(fit_args(SMALL, tmp_path / "does-not-exist", tmp_path / "no-shards", tmp_path / "run",
+                      "--trainer.accumulate_grad_batches", "3"))
+    assert not (tmp_path / "run").exists()
+
+
 def _as_schema_1(shards: Path, out: Path) -> int:
     """Rewrite shards as schema 1 wrote them (valid frames counted with a ceiling); returns how many tails changed."""
     import io
@@ -101,7 +109,8 @@ def test_shards_of_schema_1_still_train_with_whole_frame_counts(tmp_path: Path, 
 @pytest.mark.slow
 def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tiny_lm_dir: Path,
                                                                mono_shards: Path) -> None:
-    common = ("--trainer.logger", "false", "--trainer.max_steps", "20")
+    # 7 batches per epoch: the step-10 checkpoint it resumes from is mid-epoch (batch 3 of epoch 1).
+    common = ("--trainer.logger", "false", "--trainer.max_steps", "20", "--data.steps_per_epoch", "7")
     reference = tmp_path / "reference"
     done = run_cli(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, reference, *common))
     assert done.returncode == 0, done.stderr[-3000:]

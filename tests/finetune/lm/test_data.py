@@ -196,6 +196,42 @@ def test_lightning_fit_runs_steps_per_epoch(tmp_path: Path) -> None:
     assert sorted(model.val_keys) == sorted(list(val) * 2), "each validation covers the val set once"
 
 
+class _StopAfter(L.Callback):
+    """Checkpoints after global batch `batches` (mid-epoch) and stops, as a preemption would."""
+
+    def __init__(self, batches: int, path: Path) -> None:
+        self.batches, self.path = batches, path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.batches:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path, workers: int) -> None:
+    write_shards(tmp_path / "train", [9, 7])
+
+    def fit(max_steps: int, callbacks: list[L.Callback], ckpt_path: Path | None = None) -> list:
+        # 5 batches per epoch with 2 workers: the resumed epoch starts on worker 1's turn.
+        dm = _dm(tmp_path / "train", num_workers=workers, steps_per_epoch=5, seed=3)
+        model = _Recorder()
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            callbacks=callbacks)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model.train_keys
+
+    uninterrupted = fit(12, [])
+    assert len(uninterrupted) == 12 and len(set(uninterrupted)) > 6  # the stream carries information
+    ckpt = tmp_path / "mid.ckpt"
+    first = fit(12, [_StopAfter(8, ckpt)])  # epoch 1, 3 of its 5 batches trained
+    assert first == uninterrupted[:8]
+    position = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert position == [{"epoch": 1, "batches": 3}]
+    assert fit(12, [], ckpt_path=ckpt) == uninterrupted[8:]
+
+
 def test_corrupt_shards_and_samples_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     good = write_shards(tmp_path, [10, 10], bad={1: [2, 7]})
     (tmp_path / shard_name(0, 2)).write_bytes(b"this is not a tar file" * 100)

@@ -127,3 +127,28 @@ def test_a_checkpoint_holds_the_ema_of_its_own_step(tiny_models_dir: Path, audio
     assert set(shadow) == set(expected)
     for key, value in expected.items():
         torch.testing.assert_close(shadow[key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_usr1_mid_epoch_then_resume_reaches_the_uninterrupted_band_bit_for_bit(tiny_models_dir: Path,
+                                                                               audio_shards: Path,
+                                                                               tmp_path: Path) -> None:
+    # 5 batches per epoch: the signal after step 6 checkpoints step 7, batch 2 of epoch 1's 5; the resumed run must
+    # continue both the crop stream and the step/noise draws.
+    codec = tiny_models_dir / "encodec_32khz"
+    common = ("--trainer.max_steps", "10", "--data.steps_per_epoch", "5", "--model.sample_items", "0",
+              "--model.ema_decay", "0.9", "--trainer.val_check_interval", "100")
+    reference = torch.load(_fit(codec, audio_shards, tmp_path / "reference", *common), weights_only=True)
+    run = tmp_path / "preempted"
+    signal_at = ("--trainer.callbacks+=tests.finetune.helpers.SignalAt", "--trainer.callbacks.step", "6")
+    preempted = torch.load(_fit(codec, audio_shards, run, *common, *signal_at), weights_only=True)
+    assert preempted["global_step"] == 7
+    loops = preempted["loops"]["fit_loop"]
+    assert loops["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
+    assert loops["epoch_loop.val_loop.batch_progress"]["total"]["completed"] == 0  # no validation in the grace period
+    got = torch.load(_fit(codec, audio_shards, run, *common, "--ckpt_path", "last"), weights_only=True)
+    assert got["global_step"] == reference["global_step"] == 10
+    assert any(not torch.equal(v, preempted["state_dict"][k]) for k, v in reference["state_dict"].items())
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in reference["mgft_ema"]["shadow"].items():
+        torch.testing.assert_close(got["mgft_ema"]["shadow"][key], value, rtol=0, atol=0, msg=key)

@@ -1,4 +1,4 @@
-"""PreemptionCheckpoint in one process: SIGUSR1 -> checkpoint at the next optimizer step boundary, then stop."""
+"""PreemptionCheckpoint in one process: SIGUSR1 -> checkpoint at the next optimizer step boundary, then stop; resume."""
 
 from __future__ import annotations
 
@@ -22,3 +22,29 @@ def test_usr1_mid_accumulation_checkpoints_at_the_next_optimizer_step_and_stops(
     loop = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
     assert loop["completed"] == 2 * ckpt["global_step"]  # no micro-batch of a half-done step in the checkpoint
     assert not (tmp_path / "checkpoints" / "step000010.ckpt").exists()  # the run stopped
+
+
+def test_usr1_mid_epoch_then_resume_reaches_the_uninterrupted_weights_bit_for_bit(tmp_path: Path, tiny_lm_dir: Path,
+                                                                                  mono_shards: Path) -> None:
+    # 7 batches per epoch: the signal after step 11 checkpoints step 12, batch 5 of epoch 1's 7.
+    # Decoder dropout on: its draws come from torch's generator, which a checkpoint does not hold.
+    common = ("--trainer.logger", "false", "--trainer.max_steps", "16", "--data.steps_per_epoch", "7",
+              "--model.dropout", "0.1")
+    pretrained = tiny_lm_dir / "musicgen-small"
+    main(fit_args(SMALL, pretrained, mono_shards, tmp_path / "reference", *common))
+    run = tmp_path / "preempted"
+    main(fit_args(SMALL, pretrained, mono_shards, run, *common,
+                  "--trainer.callbacks+=tests.finetune.helpers.SignalAt", "--trainer.callbacks.step", "11"))
+    preempted = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert preempted["global_step"] == 12
+    assert preempted["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 5}]
+    main(fit_args(SMALL, pretrained, mono_shards, run, *common, "--ckpt_path", "last"))
+    ref = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    got = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert got["global_step"] == ref["global_step"] == 16
+    moved = [k for k, v in ref["state_dict"].items() if not torch.equal(v, preempted["state_dict"][k])]
+    assert moved, "the last 4 steps changed the weights: the comparison below is not vacuous"
+    for key, value in ref["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    for key, value in ref["mgft"]["ema"]["shadow"].items():
+        torch.testing.assert_close(got["mgft"]["ema"]["shadow"][key], value, rtol=0, atol=0, msg=key)
