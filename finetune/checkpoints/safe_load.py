@@ -392,7 +392,7 @@ def safe_torch_load(
        omegaconf need not be installed).
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or a distributed checkpoint folder (read whole, `read_distributed_checkpoint`).
         trust_checkpoint: load with `weights_only=False` when the safe loaders refuse the file. Only for files from a
             trusted source: unpickling can run arbitrary code.
         map_location: passed to `torch.load`.
@@ -404,6 +404,10 @@ def safe_torch_load(
         UnsafeCheckpointError: the file needs globals outside the allowlist and `trust_checkpoint` is False.
         FileNotFoundError: the file does not exist.
     """
+    from finetune.checkpoints.distributed import is_distributed_checkpoint, read_distributed_checkpoint
+
+    if is_distributed_checkpoint(path):  # a sharded run's folder: tensors whole, meta.pt with weights_only
+        return read_distributed_checkpoint(path)
     path = os.fspath(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

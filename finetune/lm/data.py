@@ -671,6 +671,10 @@ class StreamLoader(wds.WebLoader):
                 self.stream.trainer_epoch = self.epoch_fn()
             skip = self.position.start(self.stream.trainer_epoch)
             self.stream.skip_batches = skip if self.num_batches is None or skip < self.num_batches else 0
+            if self.stream.skip_batches and self.num_batches is not None:
+                # The rest of the epoch only, also when Lightning counts a new epoch (a run resumed from its
+                # train-end checkpoint to train longer): the next iterator then starts the next epoch's stream.
+                return itertools.islice(super().__iter__(), self.num_batches - self.stream.skip_batches)
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:

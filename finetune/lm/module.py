@@ -35,6 +35,7 @@ from finetune.lm.load import load_musicgen
 from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
 from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for, loss_mask
 from finetune.training.ema import EMA
+from finetune.training.fsdp import global_norm, is_dtensor
 
 NULL_CHROMA_FRAMES = 5
 """audiocraft trains a nulled melody as a length-0 wav: its chroma is 5 masked (all-zero) frames (docs/fidelity.md)."""
@@ -130,6 +131,7 @@ class MusicGenLM(L.LightningModule):
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
         self._step_skipped = False
+        self._sharded = False
         self._micro_batch = 0  # which micro-batch of the optimizer step (gradient accumulation) is in flight
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
@@ -172,6 +174,35 @@ class MusicGenLM(L.LightningModule):
 
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether FSDP2 has sharded the decoder (`configure_model` under `ShardedStrategy`)."""
+        return self._sharded
+
+    def configure_model(self) -> None:
+        """Under a model-parallel strategy, shard the decoder with FSDP2 and rebuild the EMA from the shards.
+
+        Lightning calls this once the process group and device mesh exist; without a mesh (single device, DDP) it
+        does nothing. The EMA must be rebuilt: `fully_shard` replaces the parameter objects the EMA was made from.
+        """
+        mesh = self.device_mesh
+        if mesh is None or self._sharded:
+            return
+        from finetune.training.fsdp import shard_musicgen
+
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        bf16 = mesh.device_type == "cuda" and "bf16" in str(self.trainer.precision)
+        shard_musicgen(self.model, dp_mesh, bf16=bf16)
+        self._sharded = True
+        if self.ema is not None:
+            self.ema = EMA(self._trainable(), self.hparams.ema_decay, self.hparams.ema_every)
+
+    def sharded_state_templates(self) -> dict[str, torch.Tensor]:
+        """Where a distributed checkpoint's sharded extras load into: the EMA shadows, by their checkpoint path."""
+        if self.ema is None:
+            return {}
+        return {f"/mgft/ema/shadow/{name}": shadow for name, shadow in self.ema.shadow.items()}
 
     def train(self, mode: bool = True) -> MusicGenLM:
         """Set train or eval mode, keeping the frozen T5 and EnCodec in eval mode."""
@@ -282,10 +313,9 @@ class MusicGenLM(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step on every rank together when any rank's gradients are non-finite."""
         grads = [p.grad for p in self._trainable().values() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
-            if grads else torch.zeros((), device=self.device)
-        bad = torch.tensor(float(not torch.isfinite(norm)), device=self.device)
-        if self.trainer.world_size > 1:
+        norm = global_norm(grads).to(self.device)  # over all ranks' shards under FSDP2 (one all-reduce)
+        bad = (~torch.isfinite(norm)).float()
+        if self.trainer.world_size > 1 and not self._sharded:  # DDP: each rank's gradients before their all-reduce
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         self._step_skipped = bool(bad > 0)
         if self._step_skipped:
@@ -367,7 +397,12 @@ class MusicGenLM(L.LightningModule):
         """
         trainable = {f"model.{n}" for n in self._trainable()}
         state = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        # Under FSDP2 each rank checks its own shards and the ranks agree, so all raise or none does.
+        bad = [k for k, v in state.items() if v.is_floating_point()
+               and not torch.isfinite(v.to_local() if is_dtensor(v) else v).all()]
+        if self._sharded and self.trainer.world_size > 1:
+            anywhere = self.trainer.strategy.reduce(torch.tensor(float(len(bad)), device=self.device), reduce_op="sum")
+            bad = bad or ([f"(a shard on another rank: {int(anywhere)} tensors)"] if anywhere > 0 else [])
         if bad:
             raise RuntimeError(f"refusing to checkpoint non-finite weights: {bad[:5]}")
         checkpoint["state_dict"] = state

@@ -106,8 +106,9 @@ class CropLoader(wds.WebLoader):
     """
 
     def __init__(self, dataset: AudioCrops, epoch_fn: Callable[[], int], trainer_fn: Callable[[], Any],
-                 batch_size: int, **kwargs: Any) -> None:
+                 batch_size: int, num_batches: int, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=batch_size, **kwargs)
+        self.num_batches = num_batches
         self.crops, self.epoch_fn = dataset, epoch_fn
         self.crops.batch_size = batch_size
         self.position = StreamPosition(trainer_fn)
@@ -115,7 +116,10 @@ class CropLoader(wds.WebLoader):
     def __iter__(self) -> Iterator[Any]:
         # Workers copy the dataset with these values.
         self.crops.epoch = self.epoch_fn()
-        self.crops.skip_batches = self.position.start(self.crops.epoch)
+        skip = self.position.start(self.crops.epoch)
+        self.crops.skip_batches = skip if skip < self.num_batches else 0
+        if self.crops.skip_batches:  # the rest of the epoch only (see finetune.lm.data.StreamLoader)
+            return itertools.islice(super().__iter__(), self.num_batches - self.crops.skip_batches)
         return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,7 +168,7 @@ class MBDData(L.LightningDataModule):
         dataset = AudioCrops(resolve_shards(self.shards), self.samples, self.seed, self._epoch(), train=True,
                              shuffle_buffer=self.shuffle_buffer)
         loader = CropLoader(dataset, self._epoch, lambda: getattr(self, "trainer", None), batch_size=self.batch_size,
-                            num_workers=self.num_workers, persistent_workers=False)
+                            num_batches=self.steps_per_epoch, num_workers=self.num_workers, persistent_workers=False)
         return loader.with_epoch(self.steps_per_epoch).with_length(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader | list[Any]:

@@ -115,16 +115,22 @@ class SampleGenerator(L.Callback):
             pl_module.train(was_training)
         return codes.cpu().numpy().astype(np.int16), audio.float().cpu().numpy()
 
-    @rank_zero_only
     def generate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Generate for the fixed prompts, write the round under `samples/step_XXXXXX/` and log it to wandb (rank 0)."""
-        if not self._prompts:
+        """Generate for the fixed prompts, write the round under `samples/step_XXXXXX/` and log it to wandb (rank 0).
+
+        A sharded (FSDP2) model generates on every rank, in step: each forward gathers the layers' shards from all
+        ranks. Otherwise only rank 0 generates.
+        """
+        sharded = getattr(pl_module, "is_sharded", False)
+        if not self._prompts or not (sharded or trainer.is_global_zero):
             return
         import soundfile as sf
 
         from data_prep.chroma import ChromaExtractor
 
         codes, audio = self.generate(pl_module)
+        if not trainer.is_global_zero:
+            return
         # Not trainer.log_dir: under DDP it is a broadcast, which would deadlock inside rank-zero-only code.
         out = Path(trainer.default_root_dir) / "samples" / f"step_{trainer.global_step:06d}"
         out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from finetune.lm.data import MusicGenData
+from finetune.lm.module import MusicGenLM
+
 
 class BatchRecorder(L.Callback):
     """Appends, per rank, each step's sample keys and CFG decision to `out_dir/rank{R}.jsonl`."""
@@ -22,7 +25,10 @@ class BatchRecorder(L.Callback):
         row = {"step": trainer.global_step, "keys": list(batch["keys"]), "cfg_null": bool(pl_module.last_cfg_null),
                "world_size": trainer.world_size, "pid": os.getpid(),
                "lr": trainer.optimizers[0].param_groups[0]["lr"],
-               "param_sum": float(sum(p.detach().double().sum() for p in pl_module.parameters() if p.requires_grad))}
+               "loss": float(outputs["loss"]) if isinstance(outputs, dict) and "loss" in outputs else None,
+               # Under FSDP2 a parameter is a DTensor: this rank's shard.
+               "param_sum": float(sum(getattr(p, "_local_tensor", p).detach().double().sum()
+                                      for p in pl_module.parameters() if p.requires_grad))}
         with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -154,3 +160,57 @@ class SignalAt(L.Callback):
         if not self.sent and (idx == self.batch or trainer.global_step == self.step):
             self.sent = True
             os.kill(os.getpid(), signal.Signals[self.signal_name])
+
+
+class RanksInOneProcess(MusicGenData):
+    """What `world_size` data-parallel ranks of `MusicGenData` draw, in one process: their batches side by side.
+
+    For comparing a sharded run with a single process on the same global batch (tests/finetune/training/test_fsdp.py).
+    """
+
+    def __init__(self, *args: Any, world_size: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.world_size = world_size
+
+    def train_dataloader(self) -> Any:
+        loaders = [self._loader(self.train_dataset(rank=r, world_size=self.world_size), self.steps_per_epoch)
+                   for r in range(self.world_size)]
+        return _Zipped(loaders)
+
+
+class _Zipped:
+    def __init__(self, loaders: list[Any]) -> None:
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Any:
+        for batches in zip(*self.loaders):
+            joined: dict[str, Any] = {}
+            for key, first in batches[0].items():
+                values = [b[key] for b in batches]
+                if isinstance(first, torch.Tensor):
+                    joined[key] = torch.cat(values)
+                elif isinstance(first, list):
+                    joined[key] = [v for value in values for v in value]
+                elif isinstance(first, int):
+                    joined[key] = sum(values)
+                else:
+                    joined[key] = first
+            yield joined
+
+
+class DataParallelInOne(MusicGenLM):
+    """`MusicGenLM` whose training step is `world_size` ranks' steps in one process: the mean of the losses of each
+    rank's share of the batch, which is what data-parallel gradient averaging computes."""
+
+    world_size = 2
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        n = batch["codes"].shape[0] // self.world_size
+        losses = []
+        for r in range(self.world_size):
+            part = {k: (v[r * n:(r + 1) * n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+            losses.append(super().training_step(part, batch_idx))
+        return torch.stack(losses).mean()
