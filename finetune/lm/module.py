@@ -256,8 +256,9 @@ class MusicGenLM(L.LightningModule):
             return text
         chroma_null = cfg_null or (train and batch_draw(self.hparams.seed, step, "chroma") < self.chroma_dropout)
         if chroma_null or batch.get("chroma") is None:
-            proj = self.model.audio_enc_to_dec_proj
-            melody = proj.weight.new_zeros(b, NULL_CHROMA_FRAMES, proj.out_features)
+            # Not `proj.weight.new_zeros`: under FSDP2 the weight is a sharded DTensor outside the module's forward.
+            width = self.model.audio_enc_to_dec_proj.out_features
+            melody = torch.zeros(b, NULL_CHROMA_FRAMES, width, dtype=text.dtype, device=text.device)
         else:
             melody = melody_condition(self.model, batch["chroma"], batch["chroma_valid_frames"])  # [B, F, D]
         return torch.cat([melody, text.to(melody.dtype)], dim=1)
