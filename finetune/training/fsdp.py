@@ -117,6 +117,7 @@ class ShardedStrategy(ModelParallelStrategy):
                          save_distributed_checkpoint=True, **kwargs)
         self.async_save = async_save
         self._pending: tuple[Any, Path, Path] | None = None  # (future, tmp folder, final path) of an async save
+        self._group: Any = None  # the gloo group checkpoints synchronize on
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         """Write the DCP folder under a temporary name on every rank, then rename it into place (rank 0).
@@ -143,10 +144,14 @@ class ShardedStrategy(ModelParallelStrategy):
             tmp.mkdir(parents=True)
             torch.save(meta, tmp / META_FILE)
         self.barrier("mgft-dcp-mkdir")
+        if self._group is None:
+            # A group of its own: an asynchronous save's last collective runs on a background thread, which must
+            # not interleave with the training collectives of the default group (it deadlocks gloo).
+            self._group = torch.distributed.new_group(backend="gloo")
         if self.async_save:
-            self._pending = (dcp.async_save(state, checkpoint_id=tmp), tmp, path)
+            self._pending = (dcp.async_save(state, checkpoint_id=tmp, process_group=self._group), tmp, path)
             return
-        dcp.save(state, checkpoint_id=tmp)
+        dcp.save(state, checkpoint_id=tmp, process_group=self._group)
         self._finish(tmp, path)
 
     def wait_for_checkpoint(self) -> None:
