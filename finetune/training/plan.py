@@ -9,7 +9,10 @@ comes from the checkpoint's config (local folder) or the known hub architectures
 - parameters per module, written out from the config (decoder, projections, T5 encoder); EnCodec's are counted on a
   meta-device build. The tests check the formulas against built models.
 - static memory per GPU: fp32 weights of every module (bf16-mixed keeps fp32 masters), and for the trainable ones
-  fp32 gradients, AdamW's two moments and the optional EMA copy. FSDP shards the trainable states over the GPUs.
+  fp32 gradients, AdamW's two moments and the optional EMA copy. FSDP2 (`finetune.training.fsdp.ShardedStrategy`)
+  divides the decoder's and projections' weights and all trainable states (gradients, AdamW, EMA) over the GPUs,
+  keeps T5 and EnCodec whole on each, and gathers two decoder layers at a time in bf16 (the running one and the
+  prefetched next). FSDP1 (Lightning's `FSDPStrategy`, SHARD_GRAD_OP) divides only the trainable states.
 - activations per 30 s sample (bf16, SDPA attention so no score matrix is kept): about 34 x S x D bytes per decoder
   layer (Korthikanti et al. 2022) without checkpointing, 2 x S x D per layer plus one recomputed layer with it, plus
   the logits and their gradient (K x S x 2048, 10 bytes per entry). S = frames + 1 (+ 235 chroma + text for melody).
@@ -118,6 +121,7 @@ class Plan:
     gradient_checkpointing: bool
     sequence_length: int
     gpus: int
+    sharded_weights: bool
     gpu_mem_gb: float
     recipe_batch_size: int
     max_batch_per_gpu: int
@@ -152,10 +156,16 @@ def make_plan(recipe_path: str, gpus: int | None = None, gpu_mem: float | None =
     strategy_name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
     devices = trainer.get("devices")
     n_gpus = gpus or (int(devices) if str(devices).isdigit() else 1) * int(trainer.get("num_nodes") or 1)
-    shard = n_gpus if "FSDP" in strategy_name else 1
+    fsdp2 = strategy_name.endswith(("ShardedStrategy", "ModelParallelStrategy"))
+    shard = n_gpus if fsdp2 or "FSDP" in strategy_name else 1
     ema = 4 if model.get("ema_decay", 0.99) else 0
 
-    weights = 4.0 * (total + (trainable if lora else 0))  # fp32 masters; adapters come on top of the base
+    adapters = trainable if lora else 0  # LoRA adapters come on top of the base weights
+    if fsdp2:
+        layer = p_dec / arch.decoder.num_hidden_layers  # an upper bound: embeddings and heads spread over layers
+        weights = 4.0 * (p_t5 + p_codec) + 4.0 * (p_dec + p_proj + adapters) / shard + 2 * 2.0 * layer
+    else:
+        weights = 4.0 * (total + adapters)  # fp32 masters, whole on every GPU
     states = (4 + 8 + ema) * trainable / shard  # grads + AdamW moments (+ EMA), sharded under FSDP
     static = weights + states
 
@@ -175,7 +185,8 @@ def make_plan(recipe_path: str, gpus: int | None = None, gpu_mem: float | None =
                 params_t5=p_t5, params_encodec=p_codec, params_total=total, params_trainable=trainable,
                 weights_bytes=weights, optimizer_state_bytes=states, static_bytes=static,
                 activation_bytes_per_sample=full, activation_bytes_per_sample_checkpointed=checkpointed,
-                gradient_checkpointing=checkpointing, sequence_length=seq, gpus=n_gpus, gpu_mem_gb=memory / GB,
+                gradient_checkpointing=checkpointing, sequence_length=seq, gpus=n_gpus, sharded_weights=fsdp2,
+                gpu_mem_gb=memory / GB,
                 recipe_batch_size=batch, max_batch_per_gpu=max_batch, recipe_fits=batch <= max_batch)
 
 
@@ -201,7 +212,8 @@ def plan(*, recipe: str, gpus: int | None = None, gpu_mem: float | None = None, 
         f"  parameters     {p.params_total:>15,} total = decoder {p.params_decoder:,} + projections "
         f"{p.params_projections:,} + T5 {p.params_t5:,} + EnCodec {p.params_encodec:,}",
         f"  trainable      {p.params_trainable:>15,}",
-        f"  weights (fp32)         {_gb(p.weights_bytes)}",
+        f"  weights (fp32)         {_gb(p.weights_bytes)}"
+        f"{'   per GPU, decoder sharded (FSDP2), 2 layers gathered in bf16' if p.sharded_weights else ''}",
         f"  grads + AdamW (+ EMA)  {_gb(p.optimizer_state_bytes)}   per GPU, {p.gpus} GPU(s)",
         f"  activations / sample   {_gb(p.activation_bytes_per_sample)} without checkpointing, "
         f"{_gb(p.activation_bytes_per_sample_checkpointed).strip()} with (S = {p.sequence_length})",

@@ -47,12 +47,21 @@ def test_plan_of_recipes() -> None:
         built = MusicgenForConditionalGeneration(hub_config("facebook/musicgen-large"))
     assert full.params_total == _count(built)
     assert full.gpus == 8 and full.gradient_checkpointing  # the FSDP trainer config checkpoints decoder layers
-    # FSDP shards gradients, AdamW moments and the EMA over the 8 GPUs: 16 bytes per trainable parameter / 8.
+    # FSDP2 shards gradients, AdamW moments and the EMA over the 8 GPUs: 16 bytes per trainable parameter / 8; and
+    # the decoder's weights too (T5 and EnCodec stay whole), plus two gathered bf16 layers.
     assert full.optimizer_state_bytes == pytest.approx(16 * full.params_trainable / 8)
+    layer = full.params_decoder / hub_config("facebook/musicgen-large").decoder.num_hidden_layers
+    assert full.sharded_weights and full.weights_bytes == pytest.approx(
+        4 * (full.params_t5 + full.params_encodec) + 4 * (full.params_decoder + full.params_projections) / 8
+        + 4 * layer)
+    on_one = make_plan(str(ROOT / "recipes" / "musicgen-large" / "full-80gb-fsdp.yaml"), gpus=1)
+    assert on_one.weights_bytes > 4 * on_one.params_total  # one rank holds everything (plus the gathered layers)
     lora = make_plan(str(ROOT / "recipes" / "musicgen-medium" / "lora-24gb.yaml"), gpu_mem=24)
     assert lora.params_trainable < 0.03 * lora.params_total and lora.recipe_fits
     assert lora.activation_bytes_per_sample_checkpointed < lora.activation_bytes_per_sample / 5
-    small_card = make_plan(str(ROOT / "recipes" / "musicgen-large" / "full-80gb-fsdp.yaml"), gpu_mem=16)
+    # 8.5 GB of sharded static state per GPU: a 16 GB card now takes a batch (9), an 8 GB card none.
+    assert make_plan(str(ROOT / "recipes" / "musicgen-large" / "full-80gb-fsdp.yaml"), gpu_mem=16).recipe_fits
+    small_card = make_plan(str(ROOT / "recipes" / "musicgen-large" / "full-80gb-fsdp.yaml"), gpu_mem=8)
     assert small_card.max_batch_per_gpu == 0 and not small_card.recipe_fits
 
 
