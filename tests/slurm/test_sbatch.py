@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from finetune.checkpoints.safe_load import safe_torch_load
 from tests.finetune.test_fit import SMALL, fit_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,10 +59,14 @@ def _records(folder: Path, rank: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _fit_sbatch_args(tmp_path: Path, tiny_lm_dir: Path, shards: Path, steps: int, *extra: str) -> list[str]:
+FSDP2 = json.dumps({"class_path": "finetune.training.fsdp.ShardedStrategy", "init_args": {"data_parallel_size": 2}})
+
+
+def _fit_sbatch_args(tmp_path: Path, tiny_lm_dir: Path, shards: Path, steps: int, *extra: str,
+                     strategy: str = "ddp") -> list[str]:
     return [str(ROOT / "slurm" / "fit.sbatch"),
             *fit_args(SMALL, tiny_lm_dir / "musicgen-small", shards, tmp_path / "run")[2:],
-            "--trainer.logger", "false", "--trainer.max_steps", str(steps), "--trainer.strategy", "ddp",
+            "--trainer.logger", "false", "--trainer.max_steps", str(steps), "--trainer.strategy", strategy,
             "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
             "--trainer.callbacks.out_dir", str(tmp_path / "record"), *extra]
 
@@ -81,13 +86,14 @@ def test_fit_sbatch_trains_with_two_ddp_tasks(slurm_cluster: None, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", FSDP2], ids=["ddp", "fsdp2"])
 def test_usr1_checkpoints_requeues_and_resumes_without_losing_or_repeating_steps(
-        slurm_cluster: None, tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path) -> None:
+        slurm_cluster: None, tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path, strategy: str) -> None:
     log = tmp_path / "job.out"
     steps = 20  # a multiple of the recipe's checkpoint interval, so last.ckpt ends at max_steps
     job = sbatch("--ntasks-per-node", "2", "--output", str(log), *_fit_sbatch_args(
         tmp_path, tiny_lm_dir, mono_shards, steps, "--trainer.callbacks+=tests.finetune.helpers.SlowSteps",
-        "--trainer.callbacks.seconds", "0.5"), wait=False)
+        "--trainer.callbacks.seconds", "0.5", strategy=strategy), wait=False)
     deadline = time.monotonic() + 300
     while len(_records(tmp_path / "record", 0)) < 4:  # let it train a few steps first
         assert time.monotonic() < deadline, f"no progress:\n{log.read_text() if log.exists() else ''}"
@@ -111,7 +117,28 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_or_repeating_steps
         pids = [x["pid"] for x in _records(tmp_path / "record", rank)]
         assert len(set(pids[:preempted_at])) == 1 and pids[preempted_at] != pids[0]  # a new process resumed
     assert "restart 1" in text
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps
+    last = safe_torch_load(tmp_path / "run" / "checkpoints" / "last.ckpt")  # a DCP folder under FSDP2
+    assert last["global_step"] == steps
+    # The data stream went on where it stopped: both segments together trained the batches of an uninterrupted run.
+    assert last["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 10}]
+    for rank in (0, 1):
+        trained = [x["keys"] for x in _records(tmp_path / "record", rank)]
+        assert trained == _uninterrupted_keys(mono_shards, rank, 2, steps), rank
+
+
+def _uninterrupted_keys(shards: Path, rank: int, world: int, steps: int) -> list[list[str]]:
+    """The sample keys of each step of an uninterrupted run of the SMALL recipe (2 per batch, 10 per epoch)."""
+    from itertools import islice
+
+    from finetune.lm.data import MusicGenData
+
+    data = MusicGenData(str(shards), batch_size=2, num_workers=0, steps_per_epoch=10)
+    keys = []
+    for epoch in range(-(-steps // 10)):
+        stream = data.train_dataset(rank=rank, world_size=world)
+        stream.trainer_epoch = epoch  # as the loader sets it from the trainer's step
+        keys += [list(batch["keys"]) for batch in islice(stream, 10)]
+    return keys[:steps]
 
 
 @pytest.mark.slow
