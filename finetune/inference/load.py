@@ -8,16 +8,19 @@ from pathlib import Path
 def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = False):
     """A `MusicGenLM` in eval mode on `device`, from an mgft checkpoint or a transformers MusicGen folder or hub id.
 
-    From an mgft checkpoint (`.ckpt`): EMA weights when the run kept an EMA, LoRA adapters applied.
+    From an mgft checkpoint (`.ckpt`, a file, or the folder of a sharded run): EMA weights when the run kept an EMA,
+    LoRA adapters applied.
 
     Args:
-        path: a `.ckpt` written by `mgft fit`, a folder saved by `save_pretrained`, or a hub id.
+        path: a `.ckpt` written by `mgft fit` (file or distributed-checkpoint folder), a folder saved by
+            `save_pretrained`, or a hub id.
         device: where the model goes.
         trust_checkpoint: allow checkpoints that need arbitrary unpickling (never for files you did not make).
     """
+    from finetune.checkpoints.distributed import is_distributed_checkpoint
     from finetune.lm.module import MusicGenLM
 
-    if Path(path).is_file() and path.endswith(".ckpt"):
+    if (Path(path).is_file() and path.endswith(".ckpt")) or is_distributed_checkpoint(path):
         module, _ = MusicGenLM.from_checkpoint(path, trust_checkpoint)
     else:
         module = MusicGenLM(pretrained=path, ema_decay=None)

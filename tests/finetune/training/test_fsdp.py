@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from finetune.checkpoints.distributed import is_distributed_checkpoint, read_distributed_checkpoint
 from finetune.checkpoints.export import export
+from finetune.inference.load import load_for_inference
 from finetune.training.fsdp import ShardedStrategy
 from tests.finetune.helpers import DataParallelInOne, RanksInOneProcess
 from tests.finetune.test_fit import LORA, fit_args, run_cli
@@ -88,6 +89,10 @@ def test_fsdp2_equals_one_process_on_the_same_global_batch_and_exports_the_same_
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    # `mgft generate` and `mgft eval` load the folder too, with the EMA weights.
+    loaded = dict(load_for_inference(str(last)).model.named_parameters())
+    for name, shadow in state["mgft"]["ema"]["shadow"].items():
+        torch.testing.assert_close(loaded[name], shadow, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow
