@@ -57,14 +57,13 @@ def read_distributed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Returns:
         The checkpoint as a single-file save holds it (see the module docstring).
     """
+    import torch
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-    from finetune.checkpoints.safe_load import safe_torch_load
 
     folder = Path(path)
     if not is_distributed_checkpoint(folder):
         raise FileNotFoundError(f"{folder} is not a distributed checkpoint (no .metadata and {META_FILE})")
-    meta = safe_torch_load(folder / META_FILE)
+    meta = torch.load(folder / META_FILE, map_location="cpu", weights_only=True)  # plain containers and tensors only
     # Every stored tensor, whole, without a process group (the loader behind DCP's own dcp_to_torch_save).
     tensors = _load_state_dict_from_keys(checkpoint_id=str(folder))
     optimizers = sorted((k for k in tensors if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))

@@ -20,8 +20,11 @@ from tests.finetune.test_fit import LORA, fit_args, run_cli
 
 FSDP = "recipes/tiny/small-fsdp.yaml"
 STEPS = 8
-# The tiny mono full fine-tune with no word dropout (its draws are per rank, which one process cannot mirror).
-COMMON = ("--trainer.logger", "false", "--trainer.max_steps", str(STEPS), "--model.word_dropout", "0.0")
+# The tiny mono full fine-tune with no word dropout (its draws are per rank, which one process cannot mirror), and
+# clipping at 0.1, below the tiny model's gradient norms (about 0.2), so the sharded global-norm clip acts every step.
+CLIP = 0.1
+COMMON = ("--trainer.logger", "false", "--trainer.max_steps", str(STEPS), "--model.word_dropout", "0.0",
+          "--trainer.gradient_clip_val", str(CLIP))
 SHARDED = ("--trainer.devices", "2", "--trainer.strategy",
            json.dumps({"class_path": "finetune.training.fsdp.ShardedStrategy", "init_args": {"data_parallel_size": 2}}))
 
@@ -57,16 +60,19 @@ def test_fsdp2_equals_one_process_on_the_same_global_batch_and_exports_the_same_
     data = RanksInOneProcess(str(mono_shards), batch_size=2, num_workers=0, steps_per_epoch=10)
     initial = {f"model.{n}": p.detach().clone() for n, p in reference.model.named_parameters() if p.requires_grad}
     losses: list[float] = []
+    norms: list[float] = []
 
     class Losses(L.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, idx) -> None:
             losses.append(float(outputs["loss"]))
+            norms.append(float(trainer.callback_metrics["train/grad_norm"]))
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, gradient_clip_val=1.0, logger=False,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, gradient_clip_val=CLIP, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[Losses()])
     trainer.fit(reference, datamodule=data)
     sharded_losses = [(a["loss"] + b["loss"]) / 2 for a, b in zip(rows[0], rows[1])]
     assert len(set(losses)) == STEPS  # the curve moves: the comparison is not between constants
+    assert min(norms) > CLIP, norms  # every step was clipped: the comparison covers the sharded global-norm clip
     # Tolerance: the ranks reduce gradients in another order than one process sums them (fp32 rounding).
     torch.testing.assert_close(torch.tensor(sharded_losses), torch.tensor(losses), rtol=0, atol=1e-5)
 
@@ -140,13 +146,13 @@ def test_fsdp2_usr1_mid_epoch_then_resume_is_bit_identical_and_resumes_on_one_ra
 def test_fsdp2_trains_the_stereo_melody_model_full_and_lora(tmp_path: Path, tiny_lm_dir: Path,
                                                             stereo_melody_shards: Path, lora_rank: int) -> None:
     out = run_cli(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, tmp_path, *SHARDED,
-                           "--trainer.logger", "false", "--trainer.max_steps", "3", "--data.val_shards", "null",
+                           "--trainer.logger", "false", "--trainer.max_steps", "2", "--data.val_shards", "null",
                            "--model.lora_rank",
                            str(lora_rank), "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
                            "--trainer.callbacks.out_dir", str(tmp_path / "record")))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = _rows(tmp_path / "record")
-    assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == [1, 2, 3]
+    assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == [1, 2]
     state = read_distributed_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     names = state["state_dict"].keys()
     assert names and all(("lora_" in k) == (lora_rank > 0) for k in names)
