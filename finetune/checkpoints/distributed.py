@@ -40,12 +40,22 @@ def _indexed_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     return {"state": {index[n]: s for n, s in state["state"].items()}, "param_groups": groups}
 
 
-def _fill(tree: Any, loaded: dict[str, Any]) -> Any:
+def fill_sharded(tree: Any, loaded: dict[str, Any]) -> Any:
+    """`meta.pt`'s tree with each `{"__sharded__": path}` marker replaced by `loaded[SHARDED_PREFIX + path]`."""
     if isinstance(tree, dict):
         if set(tree) == {"__sharded__"}:
             return loaded[SHARDED_PREFIX + tree["__sharded__"]]
-        return {k: _fill(v, loaded) for k, v in tree.items()}
+        return {k: fill_sharded(v, loaded) for k, v in tree.items()}
     return tree
+
+
+def sharded_paths(tree: Any) -> list[str]:
+    """The paths of the `{"__sharded__": path}` markers in `meta.pt`'s tree."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__sharded__"}:
+            return [tree["__sharded__"]]
+        return [path for value in tree.values() for path in sharded_paths(value)]
+    return []
 
 
 def read_distributed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -67,7 +77,7 @@ def read_distributed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     # Every stored tensor, whole, without a process group (the loader behind DCP's own dcp_to_torch_save).
     tensors = _load_state_dict_from_keys(checkpoint_id=str(folder))
     optimizers = sorted((k for k in tensors if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
-    checkpoint = _fill(meta, tensors)
+    checkpoint = fill_sharded(meta, tensors)
     checkpoint["state_dict"] = tensors["state_dict"]
     checkpoint["optimizer_states"] = [_indexed_optimizer_state(tensors[k]) for k in optimizers]
     return checkpoint

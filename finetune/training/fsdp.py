@@ -23,7 +23,6 @@ in a single process (`finetune.checkpoints.distributed.read_checkpoint`).
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from finetune.checkpoints.atomic import replace_with
-from finetune.checkpoints.distributed import META_FILE, SHARDED_PREFIX
-
-log = logging.getLogger(__name__)
+from finetune.checkpoints.distributed import META_FILE, SHARDED_PREFIX, fill_sharded, sharded_paths
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -87,15 +84,6 @@ def _pull_sharded(tree: Any, path: str, out: dict[str, Any]) -> Any:
         return {"__sharded__": path}
     if isinstance(tree, dict):
         return {k: _pull_sharded(v, f"{path}/{k}", out) for k, v in tree.items()}
-    return tree
-
-
-def _push_sharded(tree: Any, loaded: dict[str, Any]) -> Any:
-    """The inverse of `_pull_sharded`: put the loaded tensors back where their keys stand."""
-    if isinstance(tree, dict):
-        if set(tree) == {"__sharded__"}:
-            return loaded[tree["__sharded__"]]
-        return {k: _push_sharded(v, loaded) for k, v in tree.items()}
     return tree
 
 
@@ -214,29 +202,19 @@ class ShardedStrategy(ModelParallelStrategy):
         extra = _templates_of(meta, self.lightning_module)
         if extra:
             loaded = {SHARDED_PREFIX + k: v for k, v in extra.items()}
-            dcp.load(loaded, checkpoint_id=path)
-            meta = _push_sharded(meta, {k.removeprefix(SHARDED_PREFIX): v for k, v in loaded.items()})
+            dcp.load(loaded, checkpoint_id=path)  # into the module's own sharded tensors
+            meta = fill_sharded(meta, loaded)
         meta["state_dict"] = wanted
         return meta
 
 
 def _templates_of(meta: Any, module: Any) -> dict[str, Any]:
     """Tensors to load the checkpoint's sharded extras into: the module's own (`sharded_state_templates`)."""
-    keys: dict[str, Any] = {}
-    _collect_keys(meta, keys)
-    if not keys:
+    paths = sharded_paths(meta)
+    if not paths:
         return {}
     templates = module.sharded_state_templates() if hasattr(module, "sharded_state_templates") else {}
-    missing = sorted(set(keys) - set(templates))
+    missing = sorted(set(paths) - set(templates))
     if missing:
         raise RuntimeError(f"the checkpoint holds sharded state this module cannot take: {missing[:3]}")
-    return {k: templates[k] for k in keys}
-
-
-def _collect_keys(tree: Any, out: dict[str, Any]) -> None:
-    if isinstance(tree, dict):
-        if set(tree) == {"__sharded__"}:
-            out[tree["__sharded__"]] = None
-            return
-        for value in tree.values():
-            _collect_keys(value, out)
+    return {k: templates[k] for k in paths}
