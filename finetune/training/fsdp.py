@@ -169,7 +169,7 @@ class ShardedStrategy(ModelParallelStrategy):
         super().teardown()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        """Load a DCP folder (written by any number of ranks) or a single-file mgft checkpoint into the sharded model.
+        """Load a DCP folder (written by any number of ranks) into the sharded model; a single file is refused.
 
         Only the keys the checkpoint holds are loaded (mgft checkpoints leave the frozen T5 and EnCodec out); the
         returned checkpoint carries the loaded `state_dict` so the module can check its keys.
