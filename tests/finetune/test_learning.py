@@ -37,8 +37,8 @@ def test_lora_fine_tune_beats_its_base_on_held_out_audio_of_its_style(tmp_path: 
     base_shards = _catalog_shards(tmp_path, tiny_models_dir, "base", 8, "bright", 0)
     tune_shards = _catalog_shards(tmp_path, tiny_models_dir, "tune", 8, "dark", 1)
     val_shards = _catalog_shards(tmp_path, tiny_models_dir, "val", 4, "dark", 2)
-    quiet = ("--trainer.logger", "false", "--trainer.max_steps", "60", "--data.val_shards", str(val_shards),
-             "--trainer.val_check_interval", "30")
+    quiet = ("--trainer.logger", "false", "--trainer.max_steps", "40", "--data.val_shards", str(val_shards),
+             "--trainer.val_check_interval", "40")
     main(fit_args(PRETRAIN, tiny_lm_dir / "musicgen-stereo-melody", base_shards, tmp_path / "base-run", *quiet))
     main(["export", str(tmp_path / "base-run" / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "base"),
           "--format", "hf"])
