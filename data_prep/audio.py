@@ -25,7 +25,14 @@ REJECT_REASONS = {
     "duplicate": "the file's bytes equal an earlier file's",
     "no_license": "no license in the sidecar, the catalog row, the tags or --license",
     "license_not_allowed": "the license is not in --allowed-licenses",
-    "bad_sidecar": "the sidecar .json could not be parsed",
+    "bad_sidecar": "the sidecar .json could not be read or parsed",
+    "bad_license": "the license field is not a string (a number, a list, an object)",
+    "license_conflict": "byte-identical copies carry different licenses: every copy is refused",
+    "missing": "a catalog row names a file that does not exist",
+    "unreadable": "the file (or a folder, whose files were then not seen) cannot be read: permissions, I/O errors",
+    "broken_link": "a symbolic link whose target is missing, or a link loop",
+    "not_a_file": "a FIFO, socket, device or folder with an audio name, not a regular file",
+    "bad_catalog_row": "a line of the CSV/JSONL catalog that is not an object with a 'path' string",
 }
 
 # libsndfile decodes these exactly; everything else (mp3, m4a, aac, ...) goes through FFmpeg via PyAV.
@@ -117,8 +124,12 @@ def wav_declared_frames(path: Path) -> tuple[int, int] | None:
                 f.seek(chunk_size + (chunk_size % 2), 1)
 
 
+# Both decoders get an open file, not a name: libsndfile and FFmpeg take names as UTF-8, which a file name that is
+# not UTF-8 (surrogate escapes in Python) cannot be encoded to.
+
+
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int, str]:
-    with sf.SoundFile(path) as f:
+    with open(path, "rb") as raw, sf.SoundFile(raw) as f:
         data = f.read(dtype="float32", always_2d=True)  # [N, C]
         return data.T.copy(), f.samplerate, f"{f.format}/{f.subtype}".lower()
 
@@ -128,7 +139,7 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int, str, int | None]:
     import av
 
     chunks: list[np.ndarray] = []
-    with av.open(str(path)) as container:
+    with open(path, "rb") as raw, av.open(raw) as container:
         if not container.streams.audio:
             raise RejectError("not_audio", "the container has no audio stream")
         stream = container.streams.audio[0]
@@ -156,7 +167,7 @@ def read_tags(path: Path) -> dict[str, str]:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with open(path, "rb") as raw, av.open(raw) as container:
             tags = dict(container.metadata)
             if container.streams.audio:
                 tags = {**dict(container.streams.audio[0].metadata), **tags}
@@ -207,6 +218,14 @@ def check_content(audio: DecodedAudio, *, min_seconds: float, silence_dbfs: floa
         raise RejectError("silent", f"peak {peak:.2e} is at or below {silence_dbfs} dBFS")
     if audio.seconds < min_seconds:
         raise RejectError("too_short", f"{audio.seconds:.3f} s < {min_seconds} s")
+
+
+def clipping_note(audio: DecodedAudio) -> str | None:
+    """A note for float audio that peaks above full scale (it clips on any fixed-point export), else None."""
+    peak = float(np.abs(audio.samples).max()) if audio.samples.size else 0.0
+    if peak <= 1.0:
+        return None
+    return f"peak above full scale ({peak:.2f}, +{20 * np.log10(peak):.1f} dBFS): clips in any fixed-point export"
 
 
 def resample(audio: DecodedAudio, target_rate: int) -> DecodedAudio:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from data_prep import audio as audio_io
 from data_prep.atomic import atomic_write_text
 from data_prep.audio import RejectError
-from data_prep.catalog import Track, describe, partition, read_sidecar, scan
+from data_prep.catalog import AUDIO_SUFFIXES, Track, describe, partition, path_fields, printable, read_sidecar, scan
+from data_prep.duplicates import license_conflicts, sha256_of
 from data_prep.schema import (
     CHROMA_DTYPE,
     SAMPLE_RATE,
@@ -46,6 +47,9 @@ from data_prep.shards import (
 )
 
 CONFIG_FILE = "prep_config.json"
+MIN_SEGMENT_SECONDS = 1.0
+"""Shortest --segment-seconds (and --stride-seconds): 50 frames. MusicGen trains on 30 s; far shorter segments are a
+typo (0.001 s would write a sample per 32 samples of audio, each holding no whole frame)."""
 _TAG_FIELDS = ("title", "artist", "genre", "license")
 
 
@@ -91,6 +95,8 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
     current = asdict(settings)
     if path.exists():
         previous = json.loads(path.read_text())
+        # Older outputs stored the model paths as typed: compare them resolved, as this version stores them.
+        previous.update({k: local_or_hub(previous[k]) for k in ("codec", "demucs") if previous.get(k)})
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -106,6 +112,14 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
     atomic_write_text(path, json.dumps(current, indent=2))
 
 
+def local_or_hub(name: str) -> str:
+    """A model argument as settings record it: an existing local path resolved, anything else as typed.
+
+    So `models/x` typed in one folder and `/abs/models/x` are the same model; a hub id or a demucs name stays a name.
+    """
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
 def plan_segments(num_samples: int, segment: int, stride: int) -> list[tuple[int, int]]:
     """`(start, end)` sample windows covering the whole track; the last one may be short (its tail is kept)."""
     starts = [0]
@@ -114,23 +128,16 @@ def plan_segments(num_samples: int, segment: int, stride: int) -> list[tuple[int
     return [(s, min(s + segment, num_samples)) for s in starts]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class TrackDecoder:
     """Per-track CPU work, run in DataLoader workers: everything up to 32 kHz audio in the model's channel count.
 
     A map-style dataset (`__len__`, `__getitem__`), which is all `torch.utils.data.DataLoader` needs.
     """
 
-    def __init__(self, tracks: list[Track], settings: PrepSettings) -> None:
+    def __init__(self, tracks: list[Track], settings: PrepSettings, conflicts: dict[str, str] | None = None) -> None:
         self.tracks = tracks
         self.settings = settings
+        self.conflicts = conflicts or {}
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -139,19 +146,17 @@ class TrackDecoder:
         track, s = self.tracks[index], self.settings
         result: dict[str, Any] = {"track": track, "sha256": None}
         try:
-            if not track.path.is_file():
-                raise RejectError("decode_error", "the file does not exist")
-            result["sha256"] = _sha256(track.path)
-            tags = {k: v for k, v in audio_io.read_tags(track.path).items() if k in _TAG_FIELDS}
-            info = describe(
-                track,
-                read_sidecar(track),
-                tags,
-                default_license=s.default_license,
-                allowed_licenses=s.allowed_licenses,
-            )
+            if track.problem is not None:
+                raise RejectError(*track.problem)
+            result["sha256"] = sha256_of(track.path)
+            if track.rel in self.conflicts:
+                raise RejectError("license_conflict", self.conflicts[track.rel])
+            info = describe_track(track, s)
             decoded = audio_io.decode(track.path)
             audio_io.check_content(decoded, min_seconds=s.min_seconds, silence_dbfs=s.silence_dbfs)
+            decoded.notes.extend(info.notes)
+            if clipping := audio_io.clipping_note(decoded):
+                decoded.notes.append(clipping)
             result["source"] = {
                 "sample_rate": decoded.sample_rate,
                 "channels": decoded.channels,
@@ -160,10 +165,20 @@ class TrackDecoder:
             }
             prepared = audio_io.convert_channels(audio_io.resample(decoded, SAMPLE_RATE), s.channels)
         except RejectError as e:
-            result.update(reason=e.reason, detail=e.detail)
+            result.update(reason=e.reason, detail=printable(e.detail))
+            return result
+        except OSError as e:  # permissions or I/O, on the file or between its scan and now
+            result.update(reason="unreadable", detail=printable(f"{type(e).__name__}: {e.strerror or e}"))
             return result
         result.update(info=info, audio=prepared.samples, notes=prepared.notes)
         return result
+
+
+def describe_track(track: Track, settings: PrepSettings) -> Any:
+    """Caption, metadata and license of a track from its sidecar, catalog row and tags (`catalog.describe`)."""
+    tags = {k: v for k, v in audio_io.read_tags(track.path).items() if k in _TAG_FIELDS}
+    return describe(track, read_sidecar(track), tags, default_license=settings.default_license,
+                    allowed_licenses=settings.allowed_licenses)
 
 
 @dataclass
@@ -246,7 +261,7 @@ def build_samples(t: PendingTrack, settings: PrepSettings) -> tuple[list[dict[st
             "caption": info.caption,
             "metadata": info.metadata,
             "license": info.license,
-            "source_path": track.rel,
+            "source_path": path_fields(track.rel)["path"],
             "source_sha256": item["sha256"],
             "start_seconds": start / SAMPLE_RATE,
             "end_seconds": end / SAMPLE_RATE,
@@ -267,7 +282,7 @@ def build_samples(t: PendingTrack, settings: PrepSettings) -> tuple[list[dict[st
     kept = sum(min(end, t.windows[i + 1][0] if i + 1 < len(t.windows) else end) - start
                for i, (start, end) in enumerate(t.windows))
     row = {
-        "path": track.rel,
+        **path_fields(track.rel),
         "key": track.key,
         "sha256": item["sha256"],
         "size_bytes": track.size,
@@ -286,7 +301,8 @@ def build_samples(t: PendingTrack, settings: PrepSettings) -> tuple[list[dict[st
 
 def _reject_row(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
     track: Track = item["track"]
-    return {"path": track.rel, "reason": reason, "detail": detail, "sha256": item.get("sha256"), "size": track.size}
+    return {**path_fields(track.rel), "reason": reason, "detail": printable(detail), "sha256": item.get("sha256"),
+            "size": track.size}
 
 
 def prep(
@@ -348,25 +364,38 @@ def prep(
 
     if channels not in (1, 2):
         raise ValueError(f"--channels must be 1 or 2, got {channels}")
-    if segment_seconds <= 0:
-        raise ValueError(f"--segment-seconds must be positive, got {segment_seconds}")
+    if not segment_seconds >= MIN_SEGMENT_SECONDS:
+        raise ValueError(f"--segment-seconds must be at least {MIN_SEGMENT_SECONDS} (MusicGen trains on 30), "
+                         f"got {segment_seconds}")
     stride = segment_seconds if stride_seconds is None else stride_seconds
-    if not 0 < stride <= segment_seconds:
-        raise ValueError(f"--stride-seconds must be in (0, --segment-seconds], got {stride}")
+    if not min(MIN_SEGMENT_SECONDS, segment_seconds) <= stride <= segment_seconds:
+        raise ValueError(f"--stride-seconds must be in [{MIN_SEGMENT_SECONDS}, --segment-seconds], got {stride}")
+    for flag, value, low in (("--batch-size", batch_size, 1), ("--workers", workers, 0),
+                             ("--demucs-shifts", demucs_shifts, 1), ("--shard-max-samples", shard_max_samples, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    if not shard_max_mb > 0:
+        raise ValueError(f"--shard-max-mb must be positive, got {shard_max_mb}")
+    if not min_seconds >= 0:
+        raise ValueError(f"--min-seconds must be 0 or more, got {min_seconds}")
     if melody and not demucs:
         raise ValueError("--melody needs --demucs (a model name such as htdemucs, or a local folder)")
     input_path = Path(input).resolve()
     if not input_path.exists():
         raise ValueError(f"--input {input} does not exist")
     rank, world_size = resolve_rank(rank, world_size)
+    all_tracks = scan(input_path)
+    if not all_tracks:
+        raise ValueError(f"--input {input} holds no audio files (looked for {', '.join(sorted(AUDIO_SUFFIXES))}, "
+                         "in subfolders too)")
     settings = PrepSettings(
         input=str(input_path),
-        codec=codec,
+        codec=local_or_hub(codec),
         channels=channels,
         segment_seconds=float(segment_seconds),
         stride_seconds=float(stride),
         melody=melody,
-        demucs=demucs if melody else None,
+        demucs=local_or_hub(demucs) if melody and demucs else None,
         demucs_shifts=demucs_shifts,
         keep_audio=keep_audio,
         default_license=license,
@@ -381,15 +410,16 @@ def prep(
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, settings)
 
-    tracks = partition(scan(input_path), rank, world_size)
+    tracks = partition(all_tracks, rank, world_size)
     jpath = journal_path(out_dir, rank)
     state = read_journal(jpath, repair=True)
     clean_uncommitted(out_dir, rank, state)
     done = state.done
     todo = [t for t in tracks if t.rel not in done]
+    conflicts = license_conflicts(tracks, lambda t: describe_track(t, settings).license)
     (out_dir / f"done.r{rank:04d}").unlink(missing_ok=True)
 
-    counts = _run(todo, settings, out_dir, rank, state, device, batch_size, workers, len(tracks))
+    counts = _run(todo, settings, out_dir, rank, state, device, batch_size, workers, len(tracks), conflicts)
     (out_dir / f"done.r{rank:04d}").write_text(json.dumps(counts))
     stats = merge_if_complete(out_dir)
     if stats is not None:
@@ -409,6 +439,7 @@ def _run(
     batch_size: int,
     workers: int,
     total: int,
+    conflicts: dict[str, str],
 ) -> dict[str, int]:
     journal = Journal(journal_path(out_dir, rank))
     writer = ShardWriter(
@@ -432,7 +463,7 @@ def _run(
     import torch
 
     loader = torch.utils.data.DataLoader(
-        TrackDecoder(todo, settings), batch_size=None, num_workers=workers, collate_fn=lambda x: x
+        TrackDecoder(todo, settings, conflicts), batch_size=None, num_workers=workers, collate_fn=lambda x: x
     )
     bar = tqdm(loader, total=len(todo), desc=f"prep r{rank}", unit="track", dynamic_ncols=True)
     for item in bar:

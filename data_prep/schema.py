@@ -139,7 +139,7 @@ def sanitize_key(text: str, max_len: int = 60) -> str:
     """
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text).strip("_-")[:max_len] or "track"
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]  # names that are not UTF-8
     return f"{slug}_{digest}"
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.atomic import fsync_dir
+from data_prep.catalog import row_rel
 
 
 def journal_path(out_dir: Path, rank: int) -> Path:
@@ -41,8 +42,8 @@ class JournalState:
     @property
     def done(self) -> set[str]:
         """Paths of the tracks already handled (kept or rejected), which a rerun skips."""
-        kept = {row["path"] for entry in self.shards for row in entry["tracks"]}
-        return kept | {row["path"] for row in self.rejects}
+        kept = {row_rel(row) for entry in self.shards for row in entry["tracks"]}
+        return kept | {row_rel(row) for row in self.rejects}
 
     @property
     def seen_hashes(self) -> dict[str, str]:
@@ -50,10 +51,10 @@ class JournalState:
 
         Only kept tracks count: a licensed copy of a file whose first copy was refused (no license, say) is kept.
         """
-        rows = sorted((row for entry in self.shards for row in entry["tracks"]), key=lambda r: r["path"])
+        rows = sorted((row for entry in self.shards for row in entry["tracks"]), key=row_rel)
         seen: dict[str, str] = {}
         for row in rows:
-            seen.setdefault(row["sha256"], row["path"])
+            seen.setdefault(row["sha256"], row_rel(row))
         return seen
 
 
