@@ -49,7 +49,7 @@ demo: install
 	$(BIN)/mgft mbd-pack "$(DEMO_DIR)/mbd/band*/checkpoints/last.ckpt" --out $(DEMO_DIR)/mbd
 	for decoder in encodec mbd; do HF_HUB_OFFLINE=1 $(BIN)/mgft generate --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
 		--prompts $(DEMO_DIR)/prompts.txt --duration 3 --decoder $$decoder --mbd $(DEMO_DIR)/mbd \
-		--out $(DEMO_DIR)/samples/$$decoder || exit 1; done
+		--out $(DEMO_DIR)/samples/$$decoder --overwrite || exit 1; done
 	HF_HUB_OFFLINE=1 $(BIN)/mgft eval --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
 		--baseline $(DEMO_DIR)/base --data.shards $(DEMO_DIR)/shards-val --num-samples 16 --out $(DEMO_DIR)/report
 	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards (base style: shards-base, held out: shards-val)"

@@ -30,6 +30,9 @@ def load_codec(name_or_path: str, device: str = "cpu"):
     """
     from transformers import EncodecModel
 
+    from data_prep.names import check_model_name
+
+    check_model_name("--codec", name_or_path)
     model = EncodecModel.from_pretrained(name_or_path).to(device).eval().requires_grad_(False)
     cfg = model.config
     hop = int(np.prod(cfg.upsampling_ratios))

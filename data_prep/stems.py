@@ -101,6 +101,11 @@ def load_demucs(name_or_path: str | Path, device: str | torch.device = "cpu") ->
     elif path.exists() or isinstance(name_or_path, Path) or _looks_like_path(text):
         raise ValueError(f"demucs model path {path} is not a directory (expected DIR/NAME.yaml + DIR/<sig>.th)")
     else:
+        from data_prep.names import hub_offline
+
+        if hub_offline():  # demucs downloads from its own servers, which HF_HUB_OFFLINE does not cover
+            raise ValueError(f"--demucs {text} is a model to download, and HF_HUB_OFFLINE=1: pass a local demucs "
+                             "folder (NAME.yaml beside its .th files)")
         model = get_model(text)
     stem_indices(model.sources)
     return model.to(device).eval()

@@ -105,9 +105,33 @@ def main(argv: list[str] | None = None) -> None:
     # Only the chosen command's module is imported.
     fn = _load(COMMANDS[args[0]][0])
     if args[0] == "plan":  # `--config` is jsonargparse's own option (a file of arguments); plan's is the recipe
-        args = [args[0], *("--recipe" if a == "--config" else a for a in args[1:])]
+        aliases = {"--config": "--recipe", "--model.pretrained": "--pretrained"}  # as `mgft fit` spells them
+        args = [args[0], *(aliases.get(a, a) for a in args[1:])]
     CLI({args[0]: fn}, args=[args[0], *normalize_flags(fn, args[1:])], as_positional=True)
 
 
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+"""What bad input raises (a wrong number or path, a file that is not what a flag wants); `cli` prints these as one
+line. Commands check their arguments before loading anything and raise ValueError naming the flag and the rule."""
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The `mgft` console entry point: `main`, with bad input ending in one line on stderr and exit status 2.
+
+    Set MGFT_DEBUG=1 for the traceback. In-process callers (tests, notebooks) call `main`, which raises.
+    """
+    import os
+
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        if os.environ.get("MGFT_DEBUG"):
+            raise
+        args = sys.argv[1:] if argv is None else argv
+        command = f"mgft {args[0]}" if args else "mgft"
+        print(f"{command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -49,6 +49,7 @@ class MgftCLI(LightningCLI):
             raise ValueError(f"data.steps_per_epoch ({per_epoch}) must be a multiple of "
                              f"trainer.accumulate_grad_batches ({accumulate})")
         root = cfg.trainer.get("default_root_dir") or os.getcwd()
+        resolve_ckpt_path(cfg, Path(root) / "checkpoints")
         loggers = cfg.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             init_args = getattr(logger, "init_args", None)
@@ -81,6 +82,23 @@ class MgftCLI(LightningCLI):
         if self.trainer.checkpoint_callbacks and not any(isinstance(c, FinalCheckpoint)
                                                          for c in self.trainer.callbacks):
             self.trainer.callbacks.append(FinalCheckpoint())
+
+
+def resolve_ckpt_path(cfg, checkpoints: Path) -> None:  # noqa: ANN001 (a jsonargparse Namespace)
+    """`--ckpt_path last` must find a checkpoint in `checkpoints`; `--ckpt_path auto` resumes when there is one.
+
+    Lightning starts from scratch (with a warning) when `last` finds nothing, so a mistyped run folder would train a
+    new model and exit 0. `auto` (litgpt's `resume="auto"`) is for jobs that run the same command first and after a
+    requeue (slurm/fit.sbatch).
+    """
+    wanted = cfg.get("ckpt_path")
+    if wanted not in ("last", "auto"):
+        return
+    found = checkpoints.is_dir() and any(checkpoints.glob("last*.ckpt"))
+    if wanted == "last" and not found:
+        raise ValueError(f"--ckpt_path last: no checkpoint in {checkpoints} (check trainer.default_root_dir; "
+                         "--ckpt_path auto starts fresh when there is none)")
+    cfg.ckpt_path = "last" if found else None
 
 
 def default_plugins() -> list[dict]:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -97,3 +98,116 @@ def test_help_imports_neither_torch_nor_lightning(command: str) -> None:
 def test_unknown_command_lists_the_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "finetune", "fti"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "unknown command 'fti'" in out.stderr and "generate" in out.stderr
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Run `mgft ARGS` as the console script does; it must end with exit status 2 and one line on stderr."""
+    from finetune.__main__ import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("duration", ["0", "0.01", "-3"])
+def test_generate_refuses_a_duration_below_half_a_second(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                         duration: str) -> None:
+    line = _one_line_error(capsys, ["generate", "--model", str(tmp_path), "--prompt", "x", "--duration", duration,
+                                    "--out", str(tmp_path / "out")])
+    assert line == f"mgft generate: error: --duration must be at least 0.5 s, got {float(duration)}"
+
+
+def test_generate_never_overwrites_an_earlier_run(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                  tiny_lm_dir: Path) -> None:
+    from finetune.inference.generate import generate
+
+    out = tmp_path / "out"
+    model = str(tiny_lm_dir / "musicgen-small")
+    generate(model=model, prompts=_prompts(tmp_path, "one", "two", "three"), duration=1.0, out=str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["0000.wav", "0001.wav", "0002.wav", "codes.npy", "prompts.txt"]
+    line = _one_line_error(capsys, ["generate", "--model", model, "--prompt", "four", "--duration", "1",
+                                    "--out", str(out)])
+    assert "already holds files" in line and "--overwrite" in line
+    generate(model=model, prompt="four", duration=1.0, out=str(out), overwrite=True)
+    # The index lists every clip in the folder: none of the earlier three is left behind.
+    assert sorted(p.name for p in out.iterdir()) == ["0000.wav", "codes.npy", "prompts.txt"]
+    assert (out / "prompts.txt").read_text() == "0000.wav\tfour\n"
+    (out / "mine.txt").write_text("not a clip")
+    with pytest.raises(ValueError, match="no mgft generate wrote"):
+        generate(model=model, prompt="five", duration=1.0, out=str(out), overwrite=True)
+
+
+def _prompts(folder: Path, *lines: str) -> str:
+    path = folder / "prompts.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_prep_refuses_a_batch_size_of_zero(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    line = _one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec", "x",
+                                    "--batch-size", "0"])
+    assert line == "mgft prep: error: --batch-size must be at least 1, got 0"
+
+
+def test_export_says_what_a_wrong_file_is(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import soundfile as sf
+    import torch
+
+    sf.write(tmp_path / "a.wav", np.zeros(3200, dtype=np.float32), 32000)
+    (tmp_path / "notes.txt").write_text("a text file\n")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    torch.save({"best_state": {"x": torch.zeros(1)}, "xp.cfg": {}}, tmp_path / "state_dict.bin")
+    cases = {"a.wav": "an audio file (wav), not a checkpoint", "notes.txt": "a text file, not a checkpoint",
+             "hf": "a transformers model folder", "empty": "a folder that holds no checkpoint",
+             "missing.ckpt": "no such file or folder", "state_dict.bin": "an audiocraft export"}
+    for name, expected in cases.items():
+        line = _one_line_error(capsys, ["export", str(tmp_path / name), "--out", str(tmp_path / "out")])
+        assert line.startswith("mgft export: error: ") and expected in line, (name, line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_resume_without_a_checkpoint_names_the_folder(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    args = ["fit", "--config", str(ROOT / "recipes" / "tiny" / "small-full.yaml"), "--model.pretrained",
+            str(tiny_lm_dir / "musicgen-small"), "--data.shards", str(tmp_path), "--trainer.default_root_dir",
+            str(tmp_path / "typo"), "--trainer.logger", "false", "--ckpt_path", "last"]
+    # In a subprocess, as people run it (Lightning's loggers keep the stream of the first test that used them).
+    out = subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("mgft fit: error: ")
+    assert f"--ckpt_path last: no checkpoint in {tmp_path / 'typo' / 'checkpoints'}" in line
+    assert not (tmp_path / "typo").exists(), "nothing may be created for a run that cannot resume"
+
+
+def test_plan_names_a_recipe_model_it_cannot_find(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the tiny recipe's demo-run/models/... does not exist here
+    line = _one_line_error(capsys, ["plan", "--config", str(ROOT / "recipes" / "tiny" / "small-full.yaml")])
+    assert "'demo-run/models/musicgen-small' is no local folder and no hub MusicGen id" in line
+    assert "no such recipe file" in _one_line_error(capsys, ["plan", "--config", "missing.yaml"])
+
+
+def test_a_mistyped_local_model_is_reported_as_missing_not_as_the_hub(capsys: pytest.CaptureFixture,
+                                                                      tmp_path: Path) -> None:
+    line = _one_line_error(capsys, ["generate", "--model", str(tmp_path / "modles" / "musicgen-small"), "--prompt",
+                                    "x", "--out", str(tmp_path / "out")])
+    assert line.endswith(f"--model {tmp_path / 'modles' / 'musicgen-small'}: no such file or folder")
+    line = _one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec",
+                                    "facebook/encodec_32khz"])
+    assert "holds no audio files" in line  # checked before the codec is looked up
+
+
+def test_offline_melody_without_a_local_demucs_says_so(tmp_path: Path, tiny_lm_dir: Path) -> None:
+    import soundfile as sf
+
+    from finetune.inference.generate import generate
+
+    sf.write(tmp_path / "tune.wav", np.zeros(32000, dtype=np.float32), 32000)
+    with pytest.raises(ValueError, match="--demucs htdemucs is a model to download, and HF_HUB_OFFLINE=1"):
+        generate(model=str(tiny_lm_dir / "musicgen-stereo-melody"), prompt="x", melody=str(tmp_path / "tune.wav"),
+                 duration=1.0, out=str(tmp_path / "out"))

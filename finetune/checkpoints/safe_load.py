@@ -41,8 +41,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint references Python globals that loading without trust may not call (it could run code)."""
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A checkpoint references Python globals that loading without trust may not call (it could run code).
+
+    Also a ValueError: it is the user's input that is refused, so `mgft` prints it as one line.
+    """
 
     def __init__(self, path: str, unsafe_globals: list[str], detail: str = "") -> None:
         self.path = path
@@ -374,6 +377,38 @@ def _unsafe_globals(path: str, error: Exception) -> list[str] | None:
         return sorted(set(found)) or None
 
 
+def not_a_checkpoint(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be a torch checkpoint, from what it is and its first bytes; None when it may be one.
+
+    torch.load's own errors for such files mislead (`pop from empty list` for a WAV, advice to trust a text file).
+    torch writes a zip archive (starting `PK`); files of torch < 1.6 start with a pickle protocol byte (0x80).
+    """
+    from finetune.checkpoints.distributed import is_distributed_checkpoint
+
+    p = pathlib.Path(path)
+    if not p.exists():
+        return "no such file or folder"
+    if p.is_dir():
+        if is_distributed_checkpoint(p):
+            return None
+        if (p / "config.json").is_file():
+            return "a transformers model folder (config.json), not a training checkpoint: it is already a model"
+        return "a folder that holds no checkpoint (a sharded checkpoint has a .metadata file)"
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    from data_prep.audio import sniff_container
+
+    if not head:
+        return "an empty file"
+    if kind := sniff_container(head):
+        return f"an audio file ({kind}), not a checkpoint"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file, not a checkpoint"
+    return "not a torch checkpoint (neither a zip archive nor a pickle)"
+
+
 def safe_torch_load(
     path: str | os.PathLike,
     *,
@@ -408,6 +443,8 @@ def safe_torch_load(
 
     if is_distributed_checkpoint(path):  # a sharded run's folder: tensors whole, meta.pt with weights_only
         return read_distributed_checkpoint(path)
+    if problem := not_a_checkpoint(path):
+        raise ValueError(f"{path}: {problem}")
     path = os.fspath(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

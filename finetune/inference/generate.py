@@ -39,6 +39,36 @@ def melody_audio_for(paths: list[str], demucs: str, device: str, channels: int):
     return MelodyAudio(wavs, lambda wav: melody_chroma(separator, extractor, wav, seed=0))  # [1, C, n] -> [1, F, 12]
 
 
+MIN_DURATION = 0.5
+"""Shortest clip in seconds: 25 frames, enough for EnCodec's decoder convolutions and the 3-step codebook delay."""
+INDEX_FILE = "prompts.txt"
+"""`FILE<TAB>PROMPT` per clip: the index of an output folder."""
+
+
+def clear_earlier_run(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds files, or with `overwrite`, remove the clips an earlier run listed there.
+
+    Raises:
+        ValueError: `out_dir` is a file, holds files and `overwrite` is off, or holds files no run of ours wrote.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(f"--out {out_dir} already holds files: choose a new folder, or pass --overwrite to replace "
+                         "that folder's clips")
+    index = out_dir / INDEX_FILE
+    lines = index.read_text(encoding="utf-8").splitlines() if index.is_file() else []
+    ours = [line.split("\t", 1)[0] for line in lines]
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in {*ours, INDEX_FILE, "codes.npy"})
+    if others:
+        raise ValueError(f"--out {out_dir} holds files that no mgft generate wrote ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}): choose another folder")
+    for name in [*ours, "codes.npy", INDEX_FILE]:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def generate(
     *,
     model: str,
@@ -59,10 +89,14 @@ def generate(
     batch_size: int = 4,
     device: str = "cpu",
     trust_checkpoint: bool = False,
+    overwrite: bool = False,
+    audiocraft_base: str | None = None,
 ) -> list[str]:
     """Generate 32 kHz WAV files (two channels for stereo models) from text prompts and an optional melody.
 
-    Writes `OUT/0000.wav, 0001.wav, ...`, `prompts.txt` (file, prompt) and `codes.npy` (int16 `[N, K, T]`).
+    Writes `OUT/0000.wav, 0001.wav, ...`, `prompts.txt` (file, prompt) and `codes.npy` (int16 `[N, K, T]`). An OUT
+    that already holds files is refused unless `--overwrite`, which first removes what an earlier run wrote there
+    (the files its `prompts.txt` lists, and `codes.npy`), so `prompts.txt` always lists every clip in the folder.
 
     Args:
         model: A transformers MusicGen directory or hub id, or an mgft checkpoint (.ckpt; EMA weights are used).
@@ -84,6 +118,9 @@ def generate(
         batch_size: Prompts generated together.
         device: cpu or cuda.
         trust_checkpoint: Allow checkpoints that need arbitrary unpickling (never for files you did not make).
+        overwrite: Replace an earlier run's clips in OUT.
+        audiocraft_base: For an audiocraft export as --model: the transformers MusicGen (folder or hub id) whose
+            T5, EnCodec and tokenizer it uses (default: the matching facebook/musicgen-* checkpoint).
 
     Returns:
         The WAV paths written.
@@ -98,9 +135,21 @@ def generate(
     if (prompt is None) == (prompts is None):
         raise ValueError("give exactly one of --prompt or --prompts")
     check_sampling(temperature, top_k, top_p)
+    if not duration >= MIN_DURATION:
+        raise ValueError(f"--duration must be at least {MIN_DURATION} s, got {duration}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if melody is not None and not Path(melody).is_file():
+        raise ValueError(f"--melody {melody}: no such file")
+    if prompts is not None and not Path(prompts).is_file():
+        raise ValueError(f"--prompts {prompts}: no such file")
     captions = [prompt] if prompt is not None else [
         line.strip() for line in Path(prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
-    module = load_for_inference(model, device, trust_checkpoint)
+    if not captions:
+        raise ValueError(f"--prompts {prompts} holds no prompt (one per line)" if prompts else "--prompt is empty")
+    out_dir = Path(out)
+    clear_earlier_run(out_dir, overwrite)
+    module = load_for_inference(model, device, trust_checkpoint, audiocraft_base)
     lm, is_melody = module.model, module.is_melody
     if melody is not None and not is_melody:
         raise ValueError(f"--melody needs a melody model; {model} is text-only")
@@ -113,7 +162,6 @@ def generate(
         diffusion = load_mbd(mbd, lm.audio_encoder, trust_checkpoint).to(device)
     sampler = Sampler.from_module(module, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
                                   two_step_cfg=two_step_cfg, seed=seed)
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, all_codes = [], []
     for start in range(0, len(captions), batch_size):
@@ -129,6 +177,6 @@ def generate(
             sf.write(path, np.clip(wav.T, -1, 1), SAMPLE_RATE)
             written.append(str(path))
     np.save(out_dir / "codes.npy", np.concatenate(all_codes))  # [N, K, T]: decode again, e.g. with MBD
-    (out_dir / "prompts.txt").write_text("".join(f"{i:04d}.wav\t{c}\n" for i, c in enumerate(captions)))
+    (out_dir / INDEX_FILE).write_text("".join(f"{i:04d}.wav\t{c}\n" for i, c in enumerate(captions)))
     print(f"wrote {len(written)} file(s) of {duration:g} s to {out_dir}")
     return written

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = False):
+def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = False,
+                       audiocraft_base: str | None = None):
     """A `MusicGenLM` in eval mode on `device`, from an mgft checkpoint or a transformers MusicGen folder or hub id.
 
     From an mgft checkpoint (`.ckpt`, a file, or the folder of a sharded run): EMA weights when the run kept an EMA,
@@ -16,12 +17,16 @@ def load_for_inference(path: str, device: str = "cpu", trust_checkpoint: bool = 
             `save_pretrained`, or a hub id.
         device: where the model goes.
         trust_checkpoint: allow checkpoints that need arbitrary unpickling (never for files you did not make).
+        audiocraft_base: for an audiocraft export, the transformers MusicGen that gives T5, EnCodec and tokenizer.
     """
+    from data_prep.names import check_model_name
     from finetune.checkpoints.distributed import is_distributed_checkpoint
     from finetune.lm.module import MusicGenLM
+
+    check_model_name("--model", path)
 
     if (Path(path).is_file() and path.endswith(".ckpt")) or is_distributed_checkpoint(path):
         module, _ = MusicGenLM.from_checkpoint(path, trust_checkpoint)
     else:
-        module = MusicGenLM(pretrained=path, ema_decay=None)
+        module = MusicGenLM(pretrained=path, ema_decay=None, audiocraft_base=audiocraft_base)
     return module.to(device).eval()

@@ -88,8 +88,10 @@ def load_audiocraft(path: str, base: str, dropout: float = 0.0):
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    from data_prep.names import check_model_name
     from finetune.checkpoints.audiocraft import hf_config_from_xp_cfg, load_audiocraft_into_hf, read_audiocraft_export
 
+    check_model_name("model.audiocraft_base", base)
     state, xp = read_audiocraft_export(path)
     base_config = AutoConfig.from_pretrained(base)
     config = hf_config_from_xp_cfg(xp, base_config.text_encoder, base_config.audio_encoder)
@@ -115,6 +117,9 @@ def load_musicgen(pretrained: str, dropout: float = 0.0, mono_to_stereo: bool = 
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    from data_prep.names import check_model_name
+
+    check_model_name("model.pretrained", pretrained)
     if is_audiocraft_export(pretrained):
         from finetune.checkpoints.audiocraft import read_audiocraft_export
 

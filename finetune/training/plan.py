@@ -47,6 +47,10 @@ def hub_config(pretrained: str):
 
     if Path(pretrained).is_dir():
         return AutoConfig.from_pretrained(pretrained)
+    if not pretrained.startswith("facebook/musicgen"):
+        # A mistyped local folder must not be read as the hub model its last path part happens to name.
+        raise ValueError(f"model.pretrained {pretrained!r} is no local folder and no hub MusicGen id "
+                         "(facebook/musicgen-...): fix the recipe, or name the model with --pretrained")
     return musicgen_config(pretrained)
 
 
@@ -132,17 +136,25 @@ def resolve_recipe(config: str) -> dict[str, Any]:
     """The recipe as `mgft fit --config X --print_config` resolves it (includes and dotted keys applied)."""
     from finetune.cli import run
 
+    if not Path(config).is_file():
+        raise ValueError(f"--config {config}: no such recipe file")
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # LightningCLI's notes about sys.argv and srun are noise here
         run(["fit", "--config", config, "--print_config"])
-    return yaml.safe_load(buffer.getvalue())
+    resolved = yaml.safe_load(buffer.getvalue())
+    if not isinstance(resolved, dict):
+        raise ValueError(f"--config {config} does not parse as a recipe; `mgft fit --config {config} --print_config` "
+                         "says why")
+    return resolved
 
 
-def make_plan(recipe_path: str, gpus: int | None = None, gpu_mem: float | None = None, seconds: float = 30.0) -> Plan:
-    """Compute the plan of a recipe (see the module docstring for the formulas)."""
+def make_plan(recipe_path: str, gpus: int | None = None, gpu_mem: float | None = None, seconds: float = 30.0,
+              pretrained: str | None = None) -> Plan:
+    """Compute the plan of a recipe (see the module docstring for the formulas); `pretrained` replaces its model."""
     recipe = resolve_recipe(recipe_path)
     model, trainer, data = recipe["model"], recipe["trainer"], recipe["data"]
+    model["pretrained"] = pretrained or model["pretrained"]
     arch = hub_config(model["pretrained"])
     if model.get("mono_to_stereo"):
         arch.decoder.num_codebooks *= 2
@@ -194,11 +206,14 @@ def _gb(value: float) -> str:
     return f"{value / GB:7.2f} GB"
 
 
-def plan(*, recipe: str, gpus: int | None = None, gpu_mem: float | None = None, seconds: float = 30.0) -> dict:
+def plan(*, recipe: str, pretrained: str | None = None, gpus: int | None = None, gpu_mem: float | None = None,
+         seconds: float = 30.0) -> dict:
     """Print the memory plan of a recipe: parameters, optimizer state, activations, the largest batch per GPU.
 
     Args:
         recipe: A recipe (what `mgft fit --config` takes; `mgft plan --config RECIPE` is accepted too).
+        pretrained: The model in place of the recipe's `model.pretrained` (as `mgft fit --model.pretrained`): a
+            local folder or a hub id.
         gpus: GPUs the run will use (default: the recipe's devices x num_nodes); FSDP shards over them.
         gpu_mem: Memory of one GPU in GB (default 80).
         seconds: Segment length of the training samples (30 s = 1500 frames, the recipes' default).
@@ -206,7 +221,7 @@ def plan(*, recipe: str, gpus: int | None = None, gpu_mem: float | None = None, 
     Returns:
         The figures, as a dict.
     """
-    p = make_plan(recipe, gpus, gpu_mem, seconds)
+    p = make_plan(recipe, gpus, gpu_mem, seconds, pretrained)
     lines = [
         f"{p.recipe}: {p.pretrained}",
         f"  parameters     {p.params_total:>15,} total = decoder {p.params_decoder:,} + projections "

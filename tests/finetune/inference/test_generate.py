@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -111,8 +112,10 @@ def test_two_melodies_give_different_codes_and_audio(tiny_lm_dir: Path, tiny_mod
 def test_generate_rejects_bad_requests(tiny_lm_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         generate(model=str(tiny_lm_dir / "musicgen-small"), out=str(tmp_path))
+    sf.write(tmp_path / "x.wav", np.zeros(32000, dtype=np.float32), 32000)
     with pytest.raises(ValueError, match="melody model"):
-        generate(model=str(tiny_lm_dir / "musicgen-small"), prompt="x", melody="x.wav", out=str(tmp_path))
+        generate(model=str(tiny_lm_dir / "musicgen-small"), prompt="x", melody=str(tmp_path / "x.wav"),
+                 out=str(tmp_path / "out"))
     with pytest.raises(ValueError, match=r"top_p 1.5 \(in \[0, 1\]"):
         generate(model=str(tmp_path / "no-such-model"), prompt="x", top_p=1.5, out=str(tmp_path))  # before loading
 
