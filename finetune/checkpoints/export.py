@@ -49,7 +49,7 @@ def run_summary(ckpt: Path) -> dict[str, Any]:
     return {"config": config, "config_text": config_path.read_text() if config else None, "stats": stats}
 
 
-def model_card(base: str, summary: dict[str, Any], metrics: dict[str, float], fmt: str, lora: bool) -> str:
+def model_card(base: str, summary: dict[str, Any], validation: dict[str, float] | None, fmt: str, lora: bool) -> str:
     """A README.md model card: base model, data summary (hours, tracks, licenses), config, final metrics."""
     stats = summary.get("stats")
     lines = [
@@ -82,8 +82,13 @@ def model_card(base: str, summary: dict[str, Any], metrics: dict[str, float], fm
         ]
     else:
         lines.append("- The prep stats of the training shards were not found next to the run; licenses unknown.")
+    # The last validation, not the last logged values: those mix the last train step with an older validation.
     lines += ["", "## Final metrics", ""]
-    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items())] or ["- none logged"]
+    if validation:
+        lines.append(f"Validation at step {int(validation['step'])}:")
+        lines += [f"- {k}: {v:.4f}" for k, v in sorted(validation.items()) if k != "step"]
+    else:
+        lines.append("- no validation ran (set data.val_shards)")
     if summary.get("config_text"):
         lines += ["", "## Training config", "", "```yaml", summary["config_text"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -132,7 +137,7 @@ def export(
     hp = checkpoint["hyper_parameters"]
     lora = hp.get("lora_rank", 0) > 0
     summary = run_summary(Path(ckpt))
-    metrics = checkpoint.get("mgft", {}).get("metrics", {})
+    validation = checkpoint.get("mgft", {}).get("validation")
     root = Path(out)
     written: dict[str, str] = {}
     if adapter_only:
@@ -147,7 +152,7 @@ def export(
         LoraConfig(r=hp["lora_rank"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
                    target_modules=hp.get("lora_targets") or list(LORA_TARGETS),
                    base_model_name_or_path=hp["pretrained"]).save_pretrained(root)
-        (root / "README.md").write_text(model_card(hp["pretrained"], summary, metrics, "hf", lora))
+        (root / "README.md").write_text(model_card(hp["pretrained"], summary, validation, "hf", lora))
         return {"adapter": str(root)}
     if lora:
         merge_lora(module.model)
@@ -159,7 +164,7 @@ def export(
             export_hf(module, target)
         else:
             write_audiocraft_export(module.model, target, xp_cfg=audiocraft_xp_cfg(module.model))
-        (target / "README.md").write_text(model_card(hp["pretrained"], summary, metrics, fmt, lora))
+        (target / "README.md").write_text(model_card(hp["pretrained"], summary, validation, fmt, lora))
         written[fmt] = str(target)
     print("\n".join(f"exported {fmt}: {path}" for fmt, path in written.items()))
     return written

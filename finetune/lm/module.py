@@ -130,6 +130,7 @@ class MusicGenLM(L.LightningModule):
         self.ema = EMA(self._trainable(), ema_decay, ema_every) if ema_decay else None
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
+        self._last_validation: dict[str, float] | None = None  # {"step": n, "val/ce": ...}: the model card's metrics
         self._step_skipped = False
         self._sharded = False
         self._micro_batch = 0  # which micro-batch of the optimizer step (gradient accumulation) is in flight
@@ -373,6 +374,8 @@ class MusicGenLM(L.LightningModule):
             metrics[f"val/ce_q{i}"] = ce
             metrics[f"val/ppl_q{i}"] = ce.exp()
         self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self._last_validation = {"step": self.global_step, **{k: float(v) for k, v in metrics.items()}}
 
     # ---- optimization -------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -415,9 +418,10 @@ class MusicGenLM(L.LightningModule):
             "pretrained": self.hparams.pretrained,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "nonfinite_total": self._nonfinite_total,
-            # The last logged values, for export model cards.
+            # The last logged values, and the last validation with its step (export model cards report the latter).
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
             if self._trainer is not None else {},
+            "validation": self._last_validation,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -432,3 +436,4 @@ class MusicGenLM(L.LightningModule):
         if self.ema is not None and extra.get("ema"):
             self.ema.load_state_dict(extra["ema"])
         self._nonfinite_total = extra.get("nonfinite_total", 0)
+        self._last_validation = extra.get("validation")

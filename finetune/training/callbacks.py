@@ -173,6 +173,29 @@ class MetricsHistory(L.Callback):
             every_n_steps: Write the train metrics every this many optimizer steps (validation: every time).
         """
         self.every_n_steps = every_n_steps
+        self._written_step = -1
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On a resume, drop the rows of steps after the checkpoint: the resumed run logs those steps again.
+
+        Here and not in `on_fit_start`, which runs before the loop state (the step count) is restored.
+        """
+        path = Path(trainer.default_root_dir) / "metrics.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = []
+        for line in rows:
+            try:
+                if json.loads(line)["step"] <= trainer.global_step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by a kill mid-write
+        if len(kept) != len(rows):
+            from data_prep.atomic import atomic_write_text
+
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
@@ -189,7 +212,9 @@ class MetricsHistory(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            idx: int) -> None:
         """Write the train metrics every `every_n_steps` optimizer steps."""
-        if trainer.global_step % self.every_n_steps == 0:
+        # With gradient accumulation several batches end on one optimizer step; its row is written once.
+        if trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self._written_step:
+            self._written_step = trainer.global_step
             self._write(trainer, ("train/",))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -123,9 +123,14 @@ def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tin
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = killed / "checkpoints" / "step000010.ckpt"
     deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    history = killed / "metrics.jsonl"
+
+    def logged_past_the_checkpoint() -> bool:  # kill once a step after the checkpoint is in metrics.jsonl
+        rows = [json.loads(x) for x in history.read_text().splitlines()] if history.exists() else []
+        return first.exists() and any(r["step"] > 10 for r in rows)
+
+    while not logged_past_the_checkpoint() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # kill mid-way through the next steps, not at the checkpoint boundary
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -142,6 +147,9 @@ def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tin
         torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
     for key, value in ref["mgft"]["ema"]["shadow"].items():
         torch.testing.assert_close(got["mgft"]["ema"]["shadow"][key], value, rtol=0, atol=0, msg=key)
+    # The steps the killed run logged after its checkpoint were trained again: metrics.jsonl holds each step once.
+    logged = [json.loads(x)["step"] for x in history.read_text().splitlines() if "train/loss" in x]
+    assert logged == list(range(1, 21))
 
 
 @pytest.mark.slow

@@ -13,10 +13,12 @@ from tests.finetune.test_fit import LORA, fit_args
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_lm_dir: Path, stereo_melody_shards: Path) -> Path:
-    """`last.ckpt` of a 4-step LoRA fine-tune of the tiny stereo-melody model on the prepped catalog."""
+    """`last.ckpt` of a 4-step LoRA fine-tune of the tiny stereo-melody model on the prepped catalog (validated at
+    steps 3 and 4)."""
     root = tmp_path_factory.mktemp("finetuned")
     main(fit_args(LORA, tiny_lm_dir / "musicgen-stereo-melody", stereo_melody_shards, root, "--trainer.max_steps",
-                  "4", "--trainer.logger", "false", "--model.lr", "0.05", "--data.val_shards", "null"))
+                  "4", "--trainer.logger", "false", "--model.lr", "0.05", "--data.val_shards",
+                  str(stereo_melody_shards), "--trainer.val_check_interval", "3", "--data.val_samples", "4"))
     return root / "checkpoints" / "last.ckpt"
 
 
@@ -62,7 +64,9 @@ def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_pat
         card = (tmp_path / "both" / fmt / "README.md").read_text()
         assert "CC0-1.0" in card and "tracks" in card and "hours" in card
         assert "lora_rank: 8" in card  # the resolved training config
-        assert "train/loss" in card
+        # The last validation with its step (3, the run ended at 4), not the last logged values, which mixed the
+        # train loss of step 4 with the val/ce of step 3.
+        assert "Validation at step 3:" in card and "- val/ce: " in card and "train/loss" not in card
         assert ("audiocraft's sinusoidal position table" in card) == (fmt == "hf")
     exported = tmp_path / "both" / "audiocraft"
     package = torch.load(exported / "state_dict.bin", weights_only=True)
