@@ -2,7 +2,9 @@
 #            stereo-melody MusicGen on one style (the base), LoRA fine-tune the base on the other style, train the
 #            four bands of a tiny MBD, generate with both decoders, evaluate fine-tune against base on held-out
 #            audio of the fine-tuning style (CPU, about 8 minutes on 2 cores).
-# make test: the whole test suite (unit, contract, end to end). Both create .venv and install everything first.
+# make test: the whole test suite (unit, contract, end to end, DDP/FSDP2, a real local SLURM), in two pytest-xdist
+#            workers. Both create .venv and install everything first (make test also Debian's slurm-wlm, munge and
+#            chromium, when missing: it needs root then).
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ DEMO_DIR ?= demo-run
 # The CPU wheel of torch 2.13.0 is on disk here; an unpinned torch would pull gigabytes of CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install system-packages demo test lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +24,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# The SLURM tier and the report's browser test need these; installed once here, before two test workers could race
+# for dpkg's lock.
+system-packages:
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v chromium >/dev/null; then \
+		echo "installing slurm-wlm, munge and chromium from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge chromium >/dev/null; \
+	fi
 
 demo: install
 	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog-base --tracks 12 --seconds 15 --style bright --seed 0
@@ -59,9 +69,9 @@ demo: install
 	@echo "demo: generated WAVs (EnCodec and MBD decoders) are in $(DEMO_DIR)/samples"
 	@echo "demo: fine-tune vs base on held-out audio of the fine-tuning style: $(DEMO_DIR)/report/report.html (metrics.json beside it)"
 
-test: install
+test: install system-packages
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=10
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check .

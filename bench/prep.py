@@ -1,17 +1,27 @@
 """Prep speed: real-time factors of the real-size EnCodec 32 kHz and HTDemucs (random weights) on this machine.
 
     python bench/prep.py [--seconds 10] [--segments 8] [--batch-size 8] [--device cpu] [--stems-segments 2]
+    python bench/prep.py --long-minutes 60 [--codec-size tiny|real] [--batch-size 8]   # memory of a long track
 
 Prints, for EnCodec, one segment at a time against the fixed-shape batched path `mgft prep` uses, split into the
 SEANet encoder (convs + LSTM) and the residual quantizer; and for melody prep, the HTDemucs stems (resample to
 44.1 kHz, separation, back to 32 kHz) and the chroma. RTF here = seconds of audio processed per wall-clock second
 (higher is faster). Random weights cost the same FLOPs as trained ones.
+
+`--long-minutes M` instead writes one M-minute stereo 44.1 kHz FLAC and runs `mgft prep` on it in a child process
+(30 s segments, stereo, workers 0, so one process holds everything), printing its peak RSS and wall time beside
+those of a 2-minute file: prep streams long tracks, so the two peaks should be close.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +128,59 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
     print(f"  chroma ({segments} segments)  : {t_chroma * 1e3:7.1f} ms -> {total_audio / t_chroma:8.1f} x real time")
 
 
+def write_long_flac(path: Path, minutes: float, rate: int = 44100) -> None:
+    """A stereo FLAC of `minutes`, written a minute at a time: drifting chords, a beat and a little noise."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(path, "w", rate, 2, format="FLAC", subtype="PCM_16") as f:
+        for start in range(0, total, 60 * rate):
+            t = np.arange(start, min(start + 60 * rate, total)) / rate
+            root = 110 * 2 ** ((t // 8 % 12) / 12)  # a new chord every 8 s
+            tone = sum(np.sin(2 * np.pi * root * r * t) for r in (1, 1.25, 1.5)) / 3
+            beat = np.exp(-30 * (t % 0.5)) * np.sin(2 * np.pi * 60 * t)
+            left = 0.3 * tone + 0.2 * beat + 0.01 * rng.standard_normal(t.size)
+            right = 0.3 * np.roll(tone, 100) + 0.1 * beat + 0.01 * rng.standard_normal(t.size)
+            f.write(np.stack([left, right], axis=1).astype(np.float32))
+
+
+def prep_peak_rss(catalog: Path, codec: Path, out: Path, batch_size: int) -> tuple[float, float]:
+    """Peak RSS (GiB) and wall seconds of one `mgft prep` child process (workers 0: one process does it all)."""
+    cmd = [sys.executable, "-m", "finetune", "prep", "--input", str(catalog), "--output", str(out), "--codec",
+           str(codec), "--channels", "2", "--segment-seconds", "30", "--batch-size", str(batch_size),
+           "--license", "CC0-1.0", "--workers", "0"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux: the largest child so far
+    if peak <= before:
+        print("  (peak RSS not above an earlier run's: the figure below is a lower bound)")
+    return peak / 2**20, seconds
+
+
+def bench_long_track(minutes: float, codec_size: str, batch_size: int) -> None:
+    from testkit.tiny_models import tiny_models
+
+    with tempfile.TemporaryDirectory(prefix="mgft-bench-long-") as tmp:
+        root = Path(tmp)
+        tiny_models(str(root / "models"), size=codec_size, only=["encodec_32khz"])
+        print(f"mgft prep of one stereo 44.1 kHz FLAC, 30 s segments, batch {batch_size}, {codec_size}-size EnCodec,"
+              " workers 0")
+        # Shortest first: RUSAGE_CHILDREN keeps the largest child's peak, so each run must peak above the last.
+        for label, length in (("2 min", 2.0), (f"{minutes:g} min", minutes)):
+            catalog = root / f"catalog-{length:g}"
+            catalog.mkdir()
+            write_long_flac(catalog / "track.flac", length)
+            size_mb = (catalog / "track.flac").stat().st_size / 1e6
+            peak, seconds = prep_peak_rss(catalog, root / "models" / "encodec_32khz", root / f"out-{length:g}",
+                                          batch_size)
+            print(f"  {label:>8} ({size_mb:6.0f} MB flac): peak RSS {peak:5.2f} GiB, {seconds:7.1f} s "
+                  f"({length * 60 / seconds:5.1f} x real time)")
+            (catalog / "track.flac").unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="segment length")
@@ -126,8 +189,14 @@ def main() -> None:
     parser.add_argument("--stems-segments", type=int, default=2, help="HTDemucs segments (slow on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-stems", action="store_true")
+    parser.add_argument("--long-minutes", type=float, default=None,
+                        help="instead: peak RSS of prepping one file this long")
+    parser.add_argument("--codec-size", choices=["tiny", "real"], default="tiny", help="EnCodec for --long-minutes")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.long_minutes:
+        bench_long_track(args.long_minutes, args.codec_size, args.batch_size)
+        return
     bench_encodec(args.seconds, args.segments, args.batch_size, args.device)
     if not args.skip_stems:
         bench_stems(args.seconds, args.stems_segments, args.device)

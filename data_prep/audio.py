@@ -7,6 +7,7 @@ Every way a file can be unusable raises `RejectError` with a reason from `REJECT
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,40 +127,241 @@ def wav_declared_frames(path: Path) -> tuple[int, int] | None:
 
 # Both decoders get an open file, not a name: libsndfile and FFmpeg take names as UTF-8, which a file name that is
 # not UTF-8 (surrogate escapes in Python) cannot be encoded to.
+#
+# Both yield blocks `[C, n]` at the file's own rate, so a track of any length can be read in bounded memory (a DJ mix
+# or a live recording is hours long: 2 h of 48 kHz stereo is 2.8 GB as float32).
+
+BLOCK_SECONDS = 10.0
+"""Length of the blocks decoding yields (at the file's rate): a few MB, large enough that per-block costs vanish."""
 
 
-def _decode_soundfile(path: Path) -> tuple[np.ndarray, int, str]:
-    with open(path, "rb") as raw, sf.SoundFile(raw) as f:
-        data = f.read(dtype="float32", always_2d=True)  # [N, C]
-        return data.T.copy(), f.samplerate, f"{f.format}/{f.subtype}".lower()
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a decoder knows before its first block: rate, channels, codec name, declared length (if any)."""
+
+    sample_rate: int
+    channels: int
+    codec: str
+    declared_frames: int | None
+    backend: str  # "soundfile" or "pyav"
+
+
+class _Reader:
+    """An open file being decoded in blocks; `info` is set on open, `blocks()` yields `[C, n]` float32."""
+
+    info: StreamInfo
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SoundfileReader(_Reader):
+    def __init__(self, path: Path) -> None:
+        self._raw = open(path, "rb")
+        try:
+            self._file = sf.SoundFile(self._raw)
+        except BaseException:
+            self._raw.close()
+            raise
+        f = self._file
+        self.info = StreamInfo(f.samplerate, f.channels, f"{f.format}/{f.subtype}".lower(), f.frames, "soundfile")
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        size = max(1, round(BLOCK_SECONDS * self.info.sample_rate))
+        for block in self._file.blocks(blocksize=size, dtype="float32", always_2d=True):  # [n, C]
+            yield np.ascontiguousarray(block.T)
+
+    def close(self) -> None:
+        self._file.close()
+        self._raw.close()
+
+
+class _PyavReader(_Reader):
+    """FFmpeg through PyAV; a decode error before the declared length is `truncated`, otherwise `decode_error`."""
+
+    def __init__(self, path: Path) -> None:
+        import av
+
+        self._raw = open(path, "rb")
+        try:
+            self._container = av.open(self._raw)
+        except BaseException:
+            self._raw.close()
+            raise
+        if not self._container.streams.audio:
+            self.close()
+            raise RejectError("not_audio", "the container has no audio stream")
+        self._stream = stream = self._container.streams.audio[0]
+        rate = stream.rate
+        declared = int(stream.duration * stream.time_base * rate) if stream.duration else None
+        channels = len(stream.layout.channels)
+        self.info = StreamInfo(rate, channels, stream.codec_context.name, declared, "pyav")
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        import av
+
+        rate, declared = self.info.sample_rate, self.info.declared_frames
+        size = max(1, round(BLOCK_SECONDS * rate))
+        # Planar float keeps channels apart and converts integer PCM exactly (x / 2^(bits-1)).
+        resampler = av.AudioResampler(format="fltp", layout=self._stream.layout, rate=rate)
+        chunks: list[np.ndarray] = []
+        buffered = decoded = 0
+        try:
+            for frame in self._container.decode(self._stream):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray()  # [C, n]
+                    chunks.append(chunk)
+                    buffered += chunk.shape[1]
+                    decoded += chunk.shape[1]
+                    if buffered >= size:
+                        yield np.concatenate(chunks, axis=1).astype(np.float32)
+                        chunks, buffered = [], 0
+        except av.error.FFmpegError as e:
+            if declared and decoded < declared:
+                raise RejectError("truncated", f"decoded {decoded} of {declared} declared frames ({e})") from e
+            raise RejectError("decode_error", str(e)) from e
+        if chunks:
+            yield np.concatenate(chunks, axis=1).astype(np.float32)
+        if not decoded:
+            raise RejectError("decode_error", "no audio frames decoded")
+
+    def close(self) -> None:
+        self._container.close()
+        self._raw.close()
+
+
+def _precheck(path: Path) -> None:
+    """Refuse empty, non-audio and header-truncated WAV files before any decoder runs."""
+    size = path.stat().st_size
+    if size == 0:
+        raise RejectError("empty_file")
+    with open(path, "rb") as f:
+        container = sniff_container(f.read(16))
+    if container is None:
+        raise RejectError("not_audio", f"unrecognized leading bytes for a {path.suffix or 'suffix-less'} file")
+    if container == "wav":
+        frames = wav_declared_frames(path)
+        if frames is not None and frames[1] < frames[0]:
+            raise RejectError("truncated", f"data chunk declares {frames[0]} frames, the file holds {frames[1]}")
+
+
+def _open(path: Path, backend: str) -> _Reader:
+    import av
+
+    try:
+        return _SoundfileReader(path) if backend == "soundfile" else _PyavReader(path)
+    except RejectError:
+        raise
+    except Exception as e:  # FFmpeg and libsndfile raise many exception types for garbage input.
+        if isinstance(e, OSError) and not isinstance(e, av.error.FFmpegError):
+            raise  # permissions, I/O: prep reports these as unreadable
+        raise RejectError("decode_error", f"{type(e).__name__}: {e}") from e
+
+
+def read_blocks(path: Path, backend: str) -> tuple[StreamInfo, Iterator[np.ndarray]]:
+    """Open `path` with `backend` ("soundfile" or "pyav", as `scan_audio` chose) and decode it in blocks `[C, n]`.
+
+    The file is closed when the iterator is exhausted or garbage-collected.
+    """
+    reader = _open(path, backend)
+
+    def blocks() -> Iterator[np.ndarray]:
+        try:
+            yield from _checked(reader)
+        finally:
+            reader.close()
+
+    return reader.info, blocks()
+
+
+def _checked(reader: _Reader) -> Iterator[np.ndarray]:
+    """The reader's blocks, with a short FLAC (fewer frames than declared) refused as truncated."""
+    import av
+
+    decoded = 0
+    try:
+        for block in reader.blocks():
+            decoded += block.shape[1]
+            yield block
+    except RejectError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, av.error.FFmpegError) as e:
+        raise RejectError("decode_error", f"{type(e).__name__}: {e}") from e
+    declared = reader.info.declared_frames
+    if reader.info.backend == "pyav" and reader.info.codec == "flac" and declared and decoded < declared:
+        raise RejectError("truncated", f"decoded {decoded} of {declared} declared frames")
+
+
+@dataclass
+class AudioScan:
+    """One decoding pass over a file: its stream, content statistics, and its blocks when it was short enough."""
+
+    info: StreamInfo
+    frames: int
+    peak: float
+    non_finite: int
+    blocks: list[np.ndarray] | None  # None: longer than `keep_frames`, read it again with `read_blocks`
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds at the file's own rate."""
+        return self.frames / self.info.sample_rate
+
+
+def scan_audio(path: Path, keep_seconds: float | None = None) -> AudioScan:
+    """Decode `path` once in blocks, measuring length, peak and non-finite samples in bounded memory.
+
+    Args:
+        path: The audio file.
+        keep_seconds: Keep the decoded blocks when the file is at most this long (None: always keep them); a longer
+            file's blocks are dropped as they are measured, and the caller decodes it again with `read_blocks`.
+
+    libsndfile decodes wav/flac/ogg/aiff exactly; anything else, and any file libsndfile refuses, goes through FFmpeg,
+    which is more lenient and names truncation precisely.
+
+    Raises:
+        RejectError: empty, not audio, truncated or undecodable files.
+    """
+    _precheck(path)
+    backends = ["soundfile", "pyav"] if path.suffix.lower() in _SOUNDFILE_SUFFIXES else ["pyav"]
+    for i, backend in enumerate(backends):
+        try:
+            return _scan_with(path, backend, keep_seconds)
+        except RejectError as e:
+            if i + 1 < len(backends) and e.reason == "decode_error":
+                continue  # let FFmpeg have a go
+            raise
+    raise AssertionError("unreachable")
+
+
+def _scan_with(path: Path, backend: str, keep_seconds: float | None) -> AudioScan:
+    info, blocks = read_blocks(path, backend)
+    keep_frames = None if keep_seconds is None else keep_seconds * info.sample_rate
+    kept: list[np.ndarray] | None = []
+    frames, peak, non_finite = 0, 0.0, 0
+    for block in blocks:
+        frames += block.shape[1]
+        finite = np.isfinite(block)
+        if not finite.all():
+            non_finite += int((~finite).sum())
+            block_peak = float(np.abs(block[finite]).max()) if finite.any() else 0.0
+        else:
+            block_peak = float(np.abs(block).max()) if block.size else 0.0
+        peak = max(peak, block_peak)
+        if kept is not None:
+            kept.append(block)
+            if keep_frames is not None and frames > keep_frames:
+                kept = None
+    return AudioScan(info, frames, peak, non_finite, kept)
 
 
 def _decode_pyav(path: Path) -> tuple[np.ndarray, int, str, int | None]:
     """Decode with FFmpeg; returns samples `[C, N]`, rate, codec and the stream's declared frames (if any)."""
-    import av
-
-    chunks: list[np.ndarray] = []
-    with open(path, "rb") as raw, av.open(raw) as container:
-        if not container.streams.audio:
-            raise RejectError("not_audio", "the container has no audio stream")
-        stream = container.streams.audio[0]
-        rate = stream.rate
-        declared = int(stream.duration * stream.time_base * rate) if stream.duration else None
-        # Planar float keeps channels apart and converts integer PCM exactly (x / 2^(bits-1)).
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-        except av.error.FFmpegError as e:
-            decoded = sum(c.shape[1] for c in chunks)
-            if declared and decoded < declared:
-                raise RejectError("truncated", f"decoded {decoded} of {declared} declared frames ({e})") from e
-            raise RejectError("decode_error", str(e)) from e
-        codec = stream.codec_context.name
-    if not chunks:
-        raise RejectError("decode_error", "no audio frames decoded")
-    return np.concatenate(chunks, axis=1).astype(np.float32), rate, codec, declared
+    scan = _scan_with(path, "pyav", None)
+    return np.concatenate(scan.blocks, axis=1), scan.info.sample_rate, scan.info.codec, scan.info.declared_frames
 
 
 def read_tags(path: Path) -> dict[str, str]:
@@ -177,52 +379,23 @@ def read_tags(path: Path) -> dict[str, str]:
 
 
 def decode(path: Path) -> DecodedAudio:
-    """Decode a file to float32 `[C, N]` at its own rate, refusing empty, non-audio, truncated or broken files."""
-    size = path.stat().st_size
-    if size == 0:
-        raise RejectError("empty_file")
-    with open(path, "rb") as f:
-        container = sniff_container(f.read(16))
-    if container is None:
-        raise RejectError("not_audio", f"unrecognized leading bytes for a {path.suffix or 'suffix-less'} file")
-
-    if container == "wav":
-        frames = wav_declared_frames(path)
-        if frames is not None and frames[1] < frames[0]:
-            raise RejectError("truncated", f"data chunk declares {frames[0]} frames, the file holds {frames[1]}")
-
-    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
-        try:
-            samples, rate, codec = _decode_soundfile(path)
-            return DecodedAudio(samples, rate, codec)
-        except (sf.LibsndfileError, RuntimeError):
-            pass  # FFmpeg is more lenient and names truncation precisely; let it have a go.
-    try:
-        samples, rate, codec, declared = _decode_pyav(path)
-    except RejectError:
-        raise
-    except Exception as e:  # FFmpeg raises many exception types for garbage input.
-        raise RejectError("decode_error", f"{type(e).__name__}: {e}") from e
-    if declared and container == "flac" and samples.shape[1] < declared:
-        raise RejectError("truncated", f"decoded {samples.shape[1]} of {declared} declared frames")
-    return DecodedAudio(samples, rate, codec)
+    """Decode a whole file to float32 `[C, N]` at its own rate (a melody prompt; prep streams with `scan_audio`)."""
+    scan = scan_audio(path)
+    return DecodedAudio(np.concatenate(scan.blocks, axis=1), scan.info.sample_rate, scan.info.codec)
 
 
-def check_content(audio: DecodedAudio, *, min_seconds: float, silence_dbfs: float) -> None:
+def check_content(scan: AudioScan, *, min_seconds: float, silence_dbfs: float) -> None:
     """Refuse non-finite samples, digital silence and clips shorter than `min_seconds`."""
-    if not np.isfinite(audio.samples).all():
-        bad = int((~np.isfinite(audio.samples)).sum())
-        raise RejectError("non_finite", f"{bad} NaN/inf samples")
-    peak = float(np.abs(audio.samples).max()) if audio.samples.size else 0.0
-    if peak <= 10 ** (silence_dbfs / 20):
-        raise RejectError("silent", f"peak {peak:.2e} is at or below {silence_dbfs} dBFS")
-    if audio.seconds < min_seconds:
-        raise RejectError("too_short", f"{audio.seconds:.3f} s < {min_seconds} s")
+    if scan.non_finite:
+        raise RejectError("non_finite", f"{scan.non_finite} NaN/inf samples")
+    if scan.peak <= 10 ** (silence_dbfs / 20):
+        raise RejectError("silent", f"peak {scan.peak:.2e} is at or below {silence_dbfs} dBFS")
+    if scan.seconds < min_seconds:
+        raise RejectError("too_short", f"{scan.seconds:.3f} s < {min_seconds} s")
 
 
-def clipping_note(audio: DecodedAudio) -> str | None:
+def clipping_note(peak: float) -> str | None:
     """A note for float audio that peaks above full scale (it clips on any fixed-point export), else None."""
-    peak = float(np.abs(audio.samples).max()) if audio.samples.size else 0.0
     if peak <= 1.0:
         return None
     return f"peak above full scale ({peak:.2f}, +{20 * np.log10(peak):.1f} dBFS): clips in any fixed-point export"
@@ -237,33 +410,80 @@ def resample(audio: DecodedAudio, target_rate: int) -> DecodedAudio:
     return DecodedAudio(np.ascontiguousarray(out, dtype=np.float32), target_rate, audio.codec, notes)
 
 
-def convert_channels(audio: DecodedAudio, channels: int) -> DecodedAudio:
-    """Mono models get the channel mean; stereo models get mono duplicated and >2 channels downmixed.
+def channel_note(channels_in: int, channels_out: int) -> str | None:
+    """What `mix_channels` does to a `channels_in` file for a `channels_out` model, as a manifest note."""
+    if channels_out == 1 and channels_in > 1:
+        return f"downmixed {channels_in} -> 1 channel (mean)"
+    if channels_out == 2 and channels_in == 1:
+        return "mono duplicated to 2 channels"
+    if channels_out == 2 and channels_in == 6:
+        return "downmixed 6 -> 2 channels (ITU 5.1)"
+    if channels_out == 2 and channels_in > 2:
+        return f"downmixed {channels_in} -> 2 channels (even/odd mean)"
+    return None
+
+
+def mix_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """`[C, n]` -> `[channels, n]`: mono models get the channel mean; stereo gets mono duplicated, >2 downmixed.
 
     The downmix of a 6-channel file assumes the WAV/SMPTE 5.1 order (FL, FR, FC, LFE, BL, BR) and the ITU-R BS.775
     coefficients (centre and surrounds at -3 dB, LFE dropped); other layouts average even channels into the left and
     odd channels into the right, which keeps the usual L/R pairing of multichannel stems.
     """
-    x = audio.samples
     c = x.shape[0]
-    notes = list(audio.notes)
     if channels == 1:
         if c > 1:
             x = x.mean(axis=0, keepdims=True)
-            notes.append(f"downmixed {c} -> 1 channel (mean)")
     elif channels == 2:
         if c == 1:
             x = np.concatenate([x, x])
-            notes.append("mono duplicated to 2 channels")
         elif c == 6:
             g = np.float32(1 / np.sqrt(2))
             left = x[0] + g * x[2] + g * x[4]
             right = x[1] + g * x[2] + g * x[5]
             x = np.stack([left, right]) / np.float32(1 + 2 * g)
-            notes.append("downmixed 6 -> 2 channels (ITU 5.1)")
         elif c > 2:
             x = np.stack([x[0::2].mean(axis=0), x[1::2].mean(axis=0)])
-            notes.append(f"downmixed {c} -> 2 channels (even/odd mean)")
     else:
         raise ValueError(f"channels must be 1 or 2, got {channels}")
-    return DecodedAudio(np.ascontiguousarray(x, dtype=np.float32), audio.sample_rate, audio.codec, notes)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def convert_channels(audio: DecodedAudio, channels: int) -> DecodedAudio:
+    """`mix_channels` of a whole decoded file, with its note."""
+    note = channel_note(audio.channels, channels)
+    notes = [*audio.notes, note] if note else list(audio.notes)
+    return DecodedAudio(mix_channels(audio.samples, channels), audio.sample_rate, audio.codec, notes)
+
+
+def prepare_blocks(
+    info: StreamInfo, blocks: Iterable[np.ndarray], target_rate: int, channels: int
+) -> tuple[list[str], Iterator[np.ndarray]]:
+    """Resample (soxr HQ, streaming) and convert channels block by block: `[C, n]` -> `[channels, n']`.
+
+    soxr's stream gives exactly `soxr.resample` of the whole signal whatever the block sizes (checked bit for bit), so
+    a track read in blocks and one read whole become the same samples.
+
+    Returns:
+        The notes (resampling, channel conversion) and the converted blocks.
+    """
+    notes = [f"resampled {info.sample_rate} -> {target_rate} Hz"] if info.sample_rate != target_rate else []
+    if note := channel_note(info.channels, channels):
+        notes.append(note)
+
+    def converted() -> Iterator[np.ndarray]:
+        stream = None
+        if info.sample_rate != target_rate:
+            stream = soxr.ResampleStream(info.sample_rate, target_rate, info.channels, dtype="float32",
+                                         quality="HQ")
+        for block in blocks:
+            if stream is not None:
+                block = stream.resample_chunk(np.ascontiguousarray(block.T), last=False).T  # [C, n']
+            if block.shape[1]:
+                yield mix_channels(block, channels)
+        if stream is not None:
+            tail = stream.resample_chunk(np.zeros((0, info.channels), np.float32), last=True).T
+            if tail.shape[1]:
+                yield mix_channels(tail, channels)
+
+    return notes, converted()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from data_prep.schema import (
     sample_key,
     valid_frames,
 )
+from data_prep.segments import Window, cut_windows
 from data_prep.shards import (
     Journal,
     ShardWriter,
@@ -120,18 +122,18 @@ def local_or_hub(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).exists() else name
 
 
-def plan_segments(num_samples: int, segment: int, stride: int) -> list[tuple[int, int]]:
-    """`(start, end)` sample windows covering the whole track; the last one may be short (its tail is kept)."""
-    starts = [0]
-    while starts[-1] + segment < num_samples:
-        starts.append(starts[-1] + stride)
-    return [(s, min(s + segment, num_samples)) for s in starts]
+STREAM_SECONDS = 600.0
+"""Tracks longer than this are not handed whole from a worker to the main process: the worker only checks them, and
+the main process decodes them again block by block while it encodes (`_stream_track`), so memory stays bounded by
+the segment and batch sizes however long the track (a worker holds at most this much decoded audio per track)."""
 
 
 class TrackDecoder:
     """Per-track CPU work, run in DataLoader workers: everything up to 32 kHz audio in the model's channel count.
 
-    A map-style dataset (`__len__`, `__getitem__`), which is all `torch.utils.data.DataLoader` needs.
+    A map-style dataset (`__len__`, `__getitem__`), which is all `torch.utils.data.DataLoader` needs. The item holds
+    `audio` `[C, N]` at 32 kHz, or, for a track longer than `STREAM_SECONDS`, `stream` (the decoder to read it
+    again with) and no audio.
     """
 
     def __init__(self, tracks: list[Track], settings: PrepSettings, conflicts: dict[str, str] | None = None) -> None:
@@ -152,25 +154,30 @@ class TrackDecoder:
             if track.rel in self.conflicts:
                 raise RejectError("license_conflict", self.conflicts[track.rel])
             info = describe_track(track, s)
-            decoded = audio_io.decode(track.path)
-            audio_io.check_content(decoded, min_seconds=s.min_seconds, silence_dbfs=s.silence_dbfs)
-            decoded.notes.extend(info.notes)
-            if clipping := audio_io.clipping_note(decoded):
-                decoded.notes.append(clipping)
+            scan = audio_io.scan_audio(track.path, keep_seconds=STREAM_SECONDS)
+            audio_io.check_content(scan, min_seconds=s.min_seconds, silence_dbfs=s.silence_dbfs)
             result["source"] = {
-                "sample_rate": decoded.sample_rate,
-                "channels": decoded.channels,
-                "codec": decoded.codec,
-                "seconds": decoded.seconds,
+                "sample_rate": scan.info.sample_rate,
+                "channels": scan.info.channels,
+                "codec": scan.info.codec,
+                "seconds": scan.seconds,
             }
-            prepared = audio_io.convert_channels(audio_io.resample(decoded, SAMPLE_RATE), s.channels)
+            notes = list(info.notes)
+            if clipping := audio_io.clipping_note(scan.peak):
+                notes.append(clipping)
+            conversion, blocks = audio_io.prepare_blocks(scan.info, scan.blocks or [], SAMPLE_RATE, s.channels)
+            notes.extend(conversion)
+            if scan.blocks is None:
+                result["stream"] = scan.info.backend
+            else:
+                result["audio"] = np.concatenate(list(blocks), axis=1)  # [C, N] at 32 kHz
         except RejectError as e:
             result.update(reason=e.reason, detail=printable(e.detail))
             return result
         except OSError as e:  # permissions or I/O, on the file or between its scan and now
             result.update(reason="unreadable", detail=printable(f"{type(e).__name__}: {e.strerror or e}"))
             return result
-        result.update(info=info, audio=prepared.samples, notes=prepared.notes)
+        result.update(info=info, notes=notes)
         return result
 
 
@@ -182,13 +189,22 @@ def describe_track(track: Track, settings: PrepSettings) -> Any:
 
 
 @dataclass
-class PendingTrack:
-    """A decoded track whose segments wait for codes (and chroma) before it can be written."""
+class OpenTrack:
+    """A kept track being segmented; its manifest row is written once its last window has its codes."""
 
     item: dict[str, Any]
-    windows: list[tuple[int, int]]
-    codes: list[np.ndarray | None] = field(default_factory=list)
-    chroma: list[np.ndarray | None] = field(default_factory=list)
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    num_samples: int = 0  # [C, N] at 32 kHz: N, known once the last window is cut
+
+
+@dataclass
+class Segment:
+    """One window waiting for its codes (and chroma) in the encoder's queue."""
+
+    track: OpenTrack
+    window: Window
+    codes: np.ndarray | None = None  # [4 C, T] int16
+    chroma: np.ndarray | None = None  # [F, 12]
 
 
 def _seed_for(key: str) -> int:
@@ -212,91 +228,93 @@ class SegmentEncoder:
             self.demucs = load_demucs(settings.demucs, device)
             self.extractor = ChromaExtractor().to(device)
 
-    def padded(self, audio: np.ndarray, start: int, end: int) -> np.ndarray:
-        """`[C, segment_samples]`: the window, right-padded with zeros as audiocraft's dataset pads short crops."""
+    def padded(self, audio: np.ndarray) -> np.ndarray:
+        """`[C, segment_samples]`: the window `[C, n]`, right-padded with zeros as audiocraft's dataset pads."""
         out = np.zeros((audio.shape[0], self.segment_samples), dtype=np.float32)
-        out[:, : end - start] = audio[:, start:end]
+        out[:, : audio.shape[1]] = audio
         return out
 
-    def run(self, tracks: list[PendingTrack]) -> None:
-        """Fill the codes (and, for melody, the chroma) of every segment of `tracks`, all segments encoded together."""
-        jobs = [(t, i) for t in tracks for i in range(len(t.windows))]
-        if not jobs:
+    def run(self, queue: list[Segment]) -> None:
+        """Fill the codes (and, for melody, the chroma) of every queued segment, all encoded together."""
+        if not queue:
             return
-        batch = np.stack([self.padded(t.item["audio"], *t.windows[i]) for t, i in jobs])  # [B, C, N]
+        batch = np.stack([self.padded(q.window.audio) for q in queue])  # [B, C, N]
         codes = self.codec.encode(batch)  # [B, 4C, T]
-        for (t, i), c in zip(jobs, codes):
-            t.codes[i] = c
+        for q, c in zip(queue, codes):
+            q.codes = c
         if self.demucs is not None:
             import torch
 
             from data_prep.stems import melody_chroma
 
-            for (t, i), wav in zip(jobs, batch):
-                key = sample_key(t.item["track"].key, i)
+            for q, wav in zip(queue, batch):
+                key = sample_key(q.track.item["track"].key, q.window.index)
                 # One segment per call: demucs' random shift is seeded per sample, so chroma never depends on
                 # which segments share a batch (resume and rank equivalence).
                 # audiocraft's chroma (its cache, with which the melody models were trained) averages the channels
                 # before demucs; separating each channel of a stereo segment would also take twice as long.
                 mono = torch.from_numpy(wav).mean(0, keepdim=True)[None]  # [1, 1, N]
                 chroma = melody_chroma(self.demucs, self.extractor, mono, seed=_seed_for(key))  # [1, F, 12]
-                t.chroma[i] = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
+                q.chroma = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
 
 
-def build_samples(t: PendingTrack, settings: PrepSettings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The webdataset samples of one finished track and its manifest row."""
+def build_sample(q: Segment, settings: PrepSettings) -> dict[str, Any]:
+    """The webdataset sample of one encoded window: codes, (chroma), (audio), and its json."""
     from data_prep.chroma import chroma_valid_frames
 
-    item, track = t.item, t.item["track"]
+    item, track, w = q.track.item, q.track.item["track"], q.window
     info = item["info"]
     n_total = num_frames(settings.segment_seconds)
-    samples, segments = [], []
-    for i, (start, end) in enumerate(t.windows):
-        key = sample_key(track.key, i)
-        meta: SampleInfo = {
-            "schema_version": SCHEMA_VERSION,
-            "key": key,
-            "track_key": track.key,
-            "segment_index": i,
-            "caption": info.caption,
-            "metadata": info.metadata,
-            "license": info.license,
-            "source_path": path_fields(track.rel)["path"],
-            "source_sha256": item["sha256"],
-            "start_seconds": start / SAMPLE_RATE,
-            "end_seconds": end / SAMPLE_RATE,
-            "valid_frames": min(valid_frames(end - start), n_total),
-            "num_frames": n_total,
-            "chroma_valid_frames": chroma_valid_frames(end - start) if settings.melody else None,
-            "sample_rate": SAMPLE_RATE,
-            "channels": settings.channels,
-        }
-        sample: dict[str, Any] = {"__key__": key, "codes.npy": t.codes[i], "json": meta}
-        if settings.melody:
-            sample["chroma.npy"] = t.chroma[i]
-        if settings.keep_audio:
-            sample["audio.flac"] = encode_flac(item["audio"][:, start:end], SAMPLE_RATE)
-        samples.append(sample)
-        segments.append({"key": key, "start_seconds": start / SAMPLE_RATE, "end_seconds": end / SAMPLE_RATE})
+    key = sample_key(track.key, w.index)
+    meta: SampleInfo = {
+        "schema_version": SCHEMA_VERSION,
+        "key": key,
+        "track_key": track.key,
+        "segment_index": w.index,
+        "caption": info.caption,
+        "metadata": info.metadata,
+        "license": info.license,
+        "source_path": path_fields(track.rel)["path"],
+        "source_sha256": item["sha256"],
+        "start_seconds": w.start / SAMPLE_RATE,
+        "end_seconds": w.end / SAMPLE_RATE,
+        "valid_frames": min(valid_frames(w.end - w.start), n_total),
+        "num_frames": n_total,
+        "chroma_valid_frames": chroma_valid_frames(w.end - w.start) if settings.melody else None,
+        "sample_rate": SAMPLE_RATE,
+        "channels": settings.channels,
+    }
+    sample: dict[str, Any] = {"__key__": key, "codes.npy": q.codes, "json": meta}
+    if settings.melody:
+        sample["chroma.npy"] = q.chroma
+    if settings.keep_audio:
+        sample["audio.flac"] = encode_flac(w.audio, SAMPLE_RATE)
+    return sample
+
+
+def manifest_row(t: OpenTrack) -> dict[str, Any]:
+    """The manifest row of a track whose windows are all written."""
+    item, track, info = t.item, t.item["track"], t.item["info"]
+    keys = [sample_key(track.key, i) for i in range(len(t.windows))]
     # With a stride shorter than the segment, windows overlap; count each second of the track once.
     kept = sum(min(end, t.windows[i + 1][0] if i + 1 < len(t.windows) else end) - start
                for i, (start, end) in enumerate(t.windows))
-    row = {
+    return {
         **path_fields(track.rel),
         "key": track.key,
         "sha256": item["sha256"],
         "size_bytes": track.size,
         "source": item["source"],
-        "seconds": item["audio"].shape[1] / SAMPLE_RATE,
+        "seconds": t.num_samples / SAMPLE_RATE,
         "kept_seconds": kept / SAMPLE_RATE,
         "license": info.license,
         "caption": info.caption,
         "metadata": info.metadata,
         "metadata_sources": info.metadata_sources,
         "notes": item["notes"],
-        "segments": segments,
+        "segments": [{"key": k, "start_seconds": s / SAMPLE_RATE, "end_seconds": e / SAMPLE_RATE}
+                     for k, (s, e) in zip(keys, t.windows)],
     }
-    return samples, row
 
 
 def _reject_row(item: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
@@ -429,6 +447,80 @@ def prep(
     return counts
 
 
+class PrepLoop:
+    """The main process's side of prep: windows of kept tracks -> batched codes -> samples in the shard writer.
+
+    Windows queue up across tracks (in track order) until a batch is full; the samples are written in that order, and
+    a track's manifest row goes in once its last window is written, so shards hold whole tracks.
+    """
+
+    def __init__(self, settings: PrepSettings, writer: ShardWriter, encoder: SegmentEncoder, batch_size: int,
+                 counts: dict[str, int]) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.counts = counts
+        self.segment = round(settings.segment_seconds * SAMPLE_RATE)
+        self.stride = round(settings.stride_seconds * SAMPLE_RATE)
+        self.queue: list[Segment] = []  # waiting for codes
+
+    def flush(self) -> None:
+        """Encode the queued windows and write their samples (and the rows of tracks they complete)."""
+        self.encoder.run(self.queue)
+        for q in self.queue:
+            if q.window.index == 0:
+                self.writer.begin_track()
+            self.writer.add_sample(build_sample(q, self.settings))
+            if q.window.last:
+                self.writer.end_track(manifest_row(q.track))
+                self.counts["segments"] += len(q.track.windows)
+        self.queue.clear()
+
+    def add_track(self, item: dict[str, Any], blocks: Iterator[np.ndarray]) -> None:
+        """Cut a kept track's 32 kHz blocks `[C, n]` into windows and queue them, encoding whenever a batch fills."""
+        track = OpenTrack(item)
+        for window in cut_windows(blocks, self.segment, self.stride):
+            track.windows.append((window.start, window.end))
+            if window.last:
+                track.num_samples = window.end
+            self.queue.append(Segment(track, window))
+            if len(self.queue) * self.settings.channels >= self.batch_size:
+                self.flush()
+
+    def stream_track(self, item: dict[str, Any]) -> bool:
+        """Decode, segment and encode a long track block by block; False (the item's reason set) if its read fails.
+
+        The track starts a fresh shard, so that if its file fails on this second read (changed or gone since the
+        worker checked it), dropping the open shard drops only its samples.
+        """
+        self.flush()
+        self.writer.close()
+        track: Track = item["track"]
+        inner = tqdm(total=round(item["source"]["seconds"]), desc=f"  {printable(track.rel)[-40:]}", unit="s",
+                     leave=False, dynamic_ncols=True, position=1)
+        try:
+            info, raw = audio_io.read_blocks(track.path, item["stream"])
+
+            def counted() -> Iterator[np.ndarray]:
+                for block in raw:  # [C, n] at the file's rate
+                    inner.update(block.shape[1] / info.sample_rate)
+                    yield block
+
+            _, blocks = audio_io.prepare_blocks(info, counted(), SAMPLE_RATE, self.settings.channels)
+            self.add_track(item, blocks)
+            self.flush()
+        except (RejectError, OSError) as e:
+            detail = e.detail if isinstance(e, RejectError) else f"{type(e).__name__}: {e}"
+            item.update(reason="decode_error", detail=printable(f"failed on the second, streamed read: {detail}"))
+            self.queue.clear()
+            self.writer.discard()
+            return False
+        finally:
+            inner.close()
+        return True
+
+
 def _run(
     todo: list[Track],
     settings: PrepSettings,
@@ -441,27 +533,15 @@ def _run(
     total: int,
     conflicts: dict[str, str],
 ) -> dict[str, int]:
+    import torch
+
     journal = Journal(journal_path(out_dir, rank))
     writer = ShardWriter(
         out_dir, rank, journal, len(state.shards), settings.shard_max_samples, int(settings.shard_max_mb * 2**20)
     )
-    encoder = SegmentEncoder(settings, device, batch_size)
-    seen = state.seen_hashes
-    segment = round(settings.segment_seconds * SAMPLE_RATE)
-    stride = round(settings.stride_seconds * SAMPLE_RATE)
     counts = {"tracks": total, "resumed_done": total - len(todo), "kept": 0, "rejected": 0, "segments": 0}
-    pending: list[PendingTrack] = []
-
-    def flush() -> None:
-        encoder.run(pending)
-        for t in pending:
-            samples, row = build_samples(t, settings)
-            writer.add_track(samples, row)
-            counts["segments"] += len(samples)
-        pending.clear()
-
-    import torch
-
+    loop = PrepLoop(settings, writer, SegmentEncoder(settings, device, batch_size), batch_size, counts)
+    seen = state.seen_hashes
     loader = torch.utils.data.DataLoader(
         TrackDecoder(todo, settings, conflicts), batch_size=None, num_workers=workers, collate_fn=lambda x: x
     )
@@ -470,16 +550,19 @@ def _run(
         if "reason" not in item and item["sha256"] in seen:
             item.update(reason="duplicate", detail=f"same bytes as {seen[item['sha256']]}")
         if "reason" in item:
+            kept = False
+        elif "stream" in item:
+            kept = loop.stream_track(item)
+        else:
+            loop.add_track(item, iter([item.pop("audio")]))
+            kept = True
+        if kept:
+            seen[item["sha256"]] = item["track"].rel
+            counts["kept"] += 1
+        else:
             journal.reject(_reject_row(item, item["reason"], item["detail"]))
             counts["rejected"] += 1
-        else:
-            seen[item["sha256"]] = item["track"].rel
-            windows = plan_segments(item["audio"].shape[1], segment, stride)
-            pending.append(PendingTrack(item, windows, [None] * len(windows), [None] * len(windows)))
-            counts["kept"] += 1
-            if sum(len(t.windows) for t in pending) * settings.channels >= batch_size:
-                flush()
         bar.set_postfix(kept=counts["kept"], rejected=counts["rejected"], segments=counts["segments"])
-    flush()
+    loop.flush()
     writer.close()
     return counts

@@ -147,19 +147,42 @@ class ShardWriter:
         """File name of the shard being filled."""
         return shard_name(self.rank, self.index)
 
-    def add_track(self, samples: list[dict[str, Any]], manifest_row: dict[str, Any]) -> None:
-        """Write all samples of one track into the open shard, then close the shard if it is full."""
+    def begin_track(self) -> None:
+        """Open the shard (if none is open) for the samples of the next track."""
         if self._tar is None:
             self._file = open(self.out_dir / (self.current_name + ".tmp"), "wb")
             import webdataset as wds  # imports torch: only once there is something to write
 
             self._tar = wds.TarWriter(self._file)
-        for sample in samples:
-            self._bytes += self._tar.write(sample) or 0
-        self._samples += len(samples)
+
+    def add_sample(self, sample: dict[str, Any]) -> None:
+        """Append one sample of the current track (between `begin_track` and `end_track`)."""
+        self._bytes += self._tar.write(sample) or 0
+        self._samples += 1
+
+    def end_track(self, manifest_row: dict[str, Any]) -> None:
+        """The current track is written whole: record its manifest row, then close the shard if it is full."""
         self._tracks.append({**manifest_row, "shard": self.current_name})
         if self._samples >= self.max_samples or self._bytes >= self.max_bytes:
             self.close()
+
+    @property
+    def is_empty(self) -> bool:
+        """No shard is open, or the open one holds nothing yet."""
+        return self._tar is None or self._samples == 0
+
+    def discard(self) -> None:
+        """Drop the open shard unwritten (its index is reused): for a track that failed after it began.
+
+        Only safe when the shard holds nothing but that track, which is why prep starts a streamed track on a
+        fresh shard.
+        """
+        if self._tar is None:
+            return
+        self._tar.close()
+        (self.out_dir / (self.current_name + ".tmp")).unlink(missing_ok=True)
+        self._tar, self._file = None, None
+        self._samples, self._bytes, self._tracks = 0, 0, []
 
     def close(self) -> None:
         """Finish the open shard: fsync, rename into place, then journal it (the commit point)."""

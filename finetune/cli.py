@@ -50,6 +50,8 @@ class MgftCLI(LightningCLI):
                              f"trainer.accumulate_grad_batches ({accumulate})")
         root = cfg.trainer.get("default_root_dir") or os.getcwd()
         resolve_ckpt_path(cfg, Path(root) / "checkpoints")
+        if self.model_class is MusicGenLM and cfg.data.get("shards"):
+            check_shards_fit_model(cfg.model, cfg.data.shards)
         loggers = cfg.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             init_args = getattr(logger, "init_args", None)
@@ -82,6 +84,37 @@ class MgftCLI(LightningCLI):
         if self.trainer.checkpoint_callbacks and not any(isinstance(c, FinalCheckpoint)
                                                          for c in self.trainer.callbacks):
             self.trainer.callbacks.append(FinalCheckpoint())
+
+
+def check_shards_fit_model(model_cfg, shards: str) -> None:  # noqa: ANN001 (a jsonargparse Namespace)
+    """Refuse shards the model cannot train on, from the model's config and one sample, before anything is built.
+
+    Codebooks (4 mono, 8 stereo, after `mono_to_stereo`), chroma for a melody model, and the sample rate. A model
+    whose config cannot be read here (an audiocraft export) is checked at fit start instead.
+    """
+    from finetune.lm.data import describe_shards
+    from finetune.lm.load import model_layout
+
+    layout = model_layout(model_cfg.pretrained, bool(model_cfg.get("mono_to_stereo")))
+    if layout is None:
+        return
+    found = describe_shards(shards)
+    name = model_cfg.pretrained
+    if found["num_codebooks"] != layout["num_codebooks"]:
+        kind = {4: "mono", 8: "stereo"}
+        raise ValueError(
+            f"data.shards {shards} hold {found['num_codebooks']} codebooks "
+            f"({kind.get(found['num_codebooks'], '?')}, {found['first_shard']}) but model.pretrained {name} has "
+            f"{layout['num_codebooks']} ({kind.get(layout['num_codebooks'], '?')}): prep with --channels "
+            f"{layout['num_codebooks'] // 4}, or pick a matching model (model.mono_to_stereo: true starts a stereo "
+            "model from a mono one)"
+        )
+    if layout["is_melody"] and not found["has_chroma"]:
+        raise ValueError(f"model.pretrained {name} is a melody model but data.shards {shards} hold no chroma "
+                         f"({found['first_shard']}): prep with --melody --demucs htdemucs")
+    if found["sample_rate"] not in (None, layout["sample_rate"]):
+        raise ValueError(f"data.shards {shards} were prepped at {found['sample_rate']} Hz but model.pretrained "
+                         f"{name}'s EnCodec runs at {layout['sample_rate']} Hz")
 
 
 def resolve_ckpt_path(cfg, checkpoints: Path) -> None:  # noqa: ANN001 (a jsonargparse Namespace)

@@ -62,7 +62,9 @@ SlurmdPidFile=$STATE_DIR/slurmd.pid
 SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
 SlurmdLogFile=$STATE_DIR/log/slurmd.log
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout=300
+# RPCs between the daemons wait this long (default 10 s): a loaded machine answers late, not never.
+MessageTimeout=60
 NodeName=$HOST CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF

@@ -1,12 +1,18 @@
-"""Shared fixtures: tiny models and a synthesized catalog built once per session in a temporary folder.
+"""Shared fixtures: tiny models and a synthesized catalog built once per test run in a temporary folder.
 
 Nothing here downloads: the models are random-init and written in the real on-disk formats by `mgft tiny-models`,
 so every test drives the real loading code (`from_pretrained`, demucs' `get_model`).
+
+`make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadfile`: each test file on one worker, so a
+file's module fixtures are built once). The session fixtures below are built once for both workers, under a file
+lock (`_built_once`), and are read-only for the tests.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,24 +20,43 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one compute thread each (torch reads this when it is first imported, and the
+    # subprocesses the tests start inherit it); more would only contend.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` run by the first xdist worker that asks; the others wait for it and reuse the folder."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run (each has its own basetemp below it)
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from testkit.tiny_models import tiny_models
 
-    out = tmp_path_factory.mktemp("models")
-    tiny_models(str(out), only=["encodec_32khz", "htdemucs"])
-    return out
+    return _built_once(tmp_path_factory, "models", lambda out: tiny_models(str(out),
+                                                                            only=["encodec_32khz", "htdemucs"]))
 
 
 @pytest.fixture(scope="session")
 def synth_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from testkit.synth import synth_catalog
 
-    out = tmp_path_factory.mktemp("catalog")
-    synth_catalog(str(out), tracks=6, seconds=8.0, seed=3, bad_files=True)
-    return out
+    return _built_once(tmp_path_factory, "catalog",
+                       lambda out: synth_catalog(str(out), tracks=6, seconds=8.0, seed=3, bad_files=True))
 
 
 @pytest.fixture(scope="session")
@@ -39,18 +64,16 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny MusicGen checkpoints (mono text and stereo melody) in transformers' format."""
     from testkit.tiny_models import tiny_models
 
-    out = tmp_path_factory.mktemp("lms")
-    tiny_models(str(out), only=["musicgen-small", "musicgen-stereo-melody"])
-    return out
+    return _built_once(tmp_path_factory, "lms",
+                       lambda out: tiny_models(str(out), only=["musicgen-small", "musicgen-stereo-melody"]))
 
 
 def _prep(tmp_path_factory: pytest.TempPathFactory, catalog: Path, models: Path, name: str, **kw) -> Path:
     from data_prep.prep import prep
 
-    out = tmp_path_factory.mktemp(name)
-    prep(input=str(catalog), output=str(out), codec=str(models / "encodec_32khz"), segment_seconds=2.0,
-         shard_max_samples=6, batch_size=8, **kw)
-    return out
+    return _built_once(tmp_path_factory, name, lambda out: prep(
+        input=str(catalog), output=str(out), codec=str(models / "encodec_32khz"), segment_seconds=2.0,
+        shard_max_samples=6, batch_size=8, **kw))
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +101,15 @@ def tiny_mbd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-init 4-band MBD in the `facebook/multiband-diffusion` layout."""
     from testkit.tiny_models import MBD, tiny_models
 
-    out = tmp_path_factory.mktemp("mbd")
-    tiny_models(str(out), only=[MBD])
-    return out / MBD
+    return _built_once(tmp_path_factory, "mbd", lambda out: tiny_models(str(out), only=[MBD])) / MBD
+
+
+RUN_FIRST = ("tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py", "tests/finetune/training/test_fsdp.py")
+"""The longest files, started first so that neither xdist worker is left with one of them at the end."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move `RUN_FIRST`'s files to the front, whole (module fixtures are built once); the rest keep their order."""
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    root = Path(__file__).resolve().parents[1]
+    items.sort(key=lambda item: rank.get(Path(item.path).resolve().relative_to(root).as_posix(), len(RUN_FIRST)))

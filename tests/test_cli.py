@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,30 @@ def test_generate_never_overwrites_an_earlier_run(capsys: pytest.CaptureFixture,
         generate(model=model, prompt="five", duration=1.0, out=str(out), overwrite=True)
 
 
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_audiocraft_base_reaches_the_model_loader(command: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--audiocraft-base` names the local base model of an audiocraft export for both commands that load one."""
+    from finetune.inference import load
+
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def loader(path, device="cpu", trust_checkpoint=False, audiocraft_base=None):
+        seen.update(path=path, audiocraft_base=audiocraft_base)
+        raise Loaded
+
+    monkeypatch.setattr(load, "load_for_inference", loader)
+    export, base = tmp_path / "state_dict.bin", tmp_path / "base"
+    args = {"generate": ["--prompt", "x", "--duration", "1", "--out", str(tmp_path / "out")],
+            "eval": ["--data.shards", str(tmp_path), "--out", str(tmp_path / "report")]}[command]
+    with pytest.raises(Loaded):
+        main([command, "--model", str(export), "--audiocraft-base", str(base), *args])
+    assert seen == {"path": str(export), "audiocraft_base": str(base)}
+
+
 def _prompts(folder: Path, *lines: str) -> str:
     path = folder / "prompts.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -182,6 +207,55 @@ def test_fit_resume_without_a_checkpoint_names_the_folder(tmp_path: Path, tiny_l
     assert line.startswith("mgft fit: error: ")
     assert f"--ckpt_path last: no checkpoint in {tmp_path / 'typo' / 'checkpoints'}" in line
     assert not (tmp_path / "typo").exists(), "nothing may be created for a run that cannot resume"
+
+
+def test_fit_refuses_shards_of_another_channel_count_before_building_anything(
+    tmp_path: Path, tiny_lm_dir: Path, stereo_melody_shards: Path
+) -> None:
+    # The recipe's wandb logger stays on: a check that ran after the model and logger were built would leave a run
+    # folder holding a wandb run.
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(ROOT / "recipes" / "tiny" / "small-full.yaml"), "--model.pretrained",
+            str(tiny_lm_dir / "musicgen-small"), "--data.shards", str(stereo_melody_shards),
+            "--trainer.default_root_dir", str(run)]
+    out = subprocess.run([sys.executable, "-m", "finetune", *args], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("mgft fit: error: data.shards ") and "hold 8 codebooks (stereo" in line, line
+    assert "has 4 (mono): prep with --channels 1" in line, line
+    assert "trainable" not in out.stdout, "the model must not have been built"
+    assert not run.exists() and not (tmp_path / "wandb").exists(), "a refused run leaves no run folder or wandb run"
+
+
+def test_the_early_shard_check_covers_mono_to_stereo_melody_and_sample_rate(
+    tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from finetune.cli import check_shards_fit_model
+    from finetune.lm import data
+
+    def model(name: str, mono_to_stereo: bool = False) -> SimpleNamespace:
+        """`cfg.model` as jsonargparse gives it: attributes and `.get`."""
+        ns = SimpleNamespace(pretrained=str(tiny_lm_dir / name), mono_to_stereo=mono_to_stereo)
+        ns.get = lambda key, default=None: getattr(ns, key, default)
+        return ns
+
+    check_shards_fit_model(model("musicgen-small"), str(mono_shards))  # matching: no error
+    with pytest.raises(ValueError, match="hold 4 codebooks .* has 8 .stereo"):
+        check_shards_fit_model(model("musicgen-small", mono_to_stereo=True), str(mono_shards))
+    with pytest.raises(ValueError, match="hold 4 codebooks"):
+        check_shards_fit_model(model("musicgen-stereo-melody"), str(mono_shards))
+    # Shards as they would look without chroma / at another rate, from the real first sample.
+    real = data.describe_shards(str(mono_shards))
+    monkeypatch.setattr(data, "describe_shards", lambda shards: {**real, "num_codebooks": 8, "has_chroma": False})
+    with pytest.raises(ValueError, match="is a melody model but data.shards .* hold no chroma.*--melody"):
+        check_shards_fit_model(model("musicgen-stereo-melody"), str(mono_shards))
+    monkeypatch.setattr(data, "describe_shards", lambda shards: {**real, "sample_rate": 44100})
+    with pytest.raises(ValueError, match="prepped at 44100 Hz .* runs at 32000 Hz"):
+        check_shards_fit_model(model("musicgen-small"), str(mono_shards))
+    assert real["sample_rate"] == 32000 and real["num_codebooks"] == 4
 
 
 def test_plan_names_a_recipe_model_it_cannot_find(capsys: pytest.CaptureFixture, tmp_path: Path,

@@ -59,6 +59,7 @@ def evaluate(
     run_dir: str | None = None,
     wandb: bool = True,
     trust_checkpoint: bool = False,
+    audiocraft_base: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a fine-tuned MusicGen (and optionally its base) on held-out shards; write metrics and a report.
 
@@ -79,6 +80,8 @@ def evaluate(
         run_dir: The training run folder whose `metrics.jsonl` gives the loss curves (default: found from a .ckpt).
         wandb: Also log the metrics and media to wandb (offline unless an API key is configured).
         trust_checkpoint: Allow checkpoints that need arbitrary unpickling (never for files you did not make).
+        audiocraft_base: For an audiocraft export as --model or --baseline: the transformers MusicGen (folder or hub
+            id) whose T5, EnCodec and tokenizer it uses (default: the facebook/musicgen-* hub model).
 
     Returns:
         The metrics written to metrics.json.
@@ -93,7 +96,7 @@ def evaluate(
         raise ValueError("--embedder clap needs --clap PATH (a local transformers CLAP checkpoint)")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    module = load_for_inference(model, trust_checkpoint=trust_checkpoint)
+    module = load_for_inference(model, trust_checkpoint=trust_checkpoint, audiocraft_base=audiocraft_base)
     codec = module.model.audio_encoder  # frozen, so the fine-tune's EnCodec is the base model's
     held = held_out(data.shards, num_samples, codec)
     chooser = ClapEmbedder(clap) if embedder == "clap" else EncodecEmbedder(codec)
@@ -101,7 +104,7 @@ def evaluate(
     results = {"model": evaluate_model("model", model, module, data, held, chooser, out_dir, **common)}
     del module
     if baseline is not None:
-        base = load_for_inference(baseline, trust_checkpoint=trust_checkpoint)
+        base = load_for_inference(baseline, trust_checkpoint=trust_checkpoint, audiocraft_base=audiocraft_base)
         results["baseline"] = evaluate_model("baseline", baseline, base, data, held, chooser, out_dir, **common)
     reference_rows = write_samples(out_dir / "samples" / "reference", held.audio, held.captions, held.chroma)
 

@@ -245,6 +245,7 @@ def decode_sample(raw: dict[str, Any], require_chroma: bool = False) -> dict[str
         "metadata": metadata if isinstance(metadata, dict) else {},
         "chroma": chroma,  # [F, 12] or None
         "chroma_valid_frames": chroma_valid,
+        "sample_rate": info.get("sample_rate"),
     }
 
 
@@ -715,6 +716,37 @@ def _first_sample(urls: list[str]) -> tuple[str, dict[str, Any]]:
     raise DataError("no readable sample in any shard: " + "; ".join(errors[:5]))
 
 
+def describe_shards(shards: str) -> dict[str, Any]:
+    """What a shard set holds, read from the first sample of its first readable shard (cheap: one sample).
+
+    Args:
+        shards: A folder, glob or brace pattern (`resolve_shards`).
+
+    Returns:
+        `{"num_shards", "num_codebooks" (K), "num_frames" (T), "channels", "has_chroma", "chroma_frames" (F or None),
+        "sample_rate" (None for shards that do not say), "first_shard", "first_key"}`.
+
+    Raises:
+        FileNotFoundError: No shards.
+        DataError: No readable sample.
+    """
+    urls = resolve_shards(shards)
+    url, sample = _first_sample(urls)
+    k, t = sample["codes"].shape
+    has_chroma = sample["chroma"] is not None
+    return {
+        "num_shards": len(urls),
+        "num_codebooks": int(k),
+        "num_frames": int(t),
+        "channels": int(k) // CODEBOOKS_PER_CHANNEL,
+        "has_chroma": has_chroma,
+        "chroma_frames": int(sample["chroma"].shape[0]) if has_chroma else None,
+        "sample_rate": sample["sample_rate"],
+        "first_shard": url,
+        "first_key": sample["key"],
+    }
+
+
 class MusicGenData(L.LightningDataModule):
     """MusicGen LM training data from `mgft prep` shards: resampled train stream and deterministic val stream.
 
@@ -914,33 +946,18 @@ class MusicGenData(L.LightningDataModule):
     # -- checks --------------------------------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """What the shards hold, read from the first sample of the first readable train shard.
-
-        Returns:
-            `{"num_shards", "num_val_shards", "num_codebooks" (K), "num_frames" (T), "channels", "has_chroma",
-            "chroma_frames" (F or None), "first_shard", "first_key"}`.
+        """What the train shards hold: `describe_shards` of `shards`, with `num_val_shards` added.
 
         Raises:
             FileNotFoundError: No shards.
             DataError: No readable sample, or `require_chroma` and the shards have no chroma.
         """
-        urls = resolve_shards(self.shards)
-        url, sample = _first_sample(urls)
-        k, t = sample["codes"].shape
-        has_chroma = sample["chroma"] is not None
-        if self.require_chroma and not has_chroma:
-            raise DataError(f"require_chroma is set (melody model) but {url} holds no {CHROMA_KEY}: prep with --melody")
-        return {
-            "num_shards": len(urls),
-            "num_val_shards": len(resolve_shards(self.val_shards)) if self.val_shards is not None else 0,
-            "num_codebooks": int(k),
-            "num_frames": int(t),
-            "channels": int(k) // CODEBOOKS_PER_CHANNEL,
-            "has_chroma": has_chroma,
-            "chroma_frames": int(sample["chroma"].shape[0]) if has_chroma else None,
-            "first_shard": url,
-            "first_key": sample["key"],
-        }
+        found = describe_shards(self.shards)
+        if self.require_chroma and not found["has_chroma"]:
+            raise DataError(f"require_chroma is set (melody model) but {found['first_shard']} holds no {CHROMA_KEY}: "
+                            "prep with --melody")
+        found["num_val_shards"] = len(resolve_shards(self.val_shards)) if self.val_shards is not None else 0
+        return found
 
     def check_num_codebooks(self, num_codebooks: int) -> dict[str, Any]:
         """Fail before training when the shards' K differs from the model's `num_codebooks`.

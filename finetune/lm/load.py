@@ -6,6 +6,7 @@ The same `from_pretrained` path serves `facebook/musicgen-*` on the hub and the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,6 +105,34 @@ def load_audiocraft(path: str, base: str, dropout: float = 0.0):
     model.audio_encoder.load_state_dict(base_model.audio_encoder.state_dict())
     load_audiocraft_into_hf(state, model)
     return model, AutoTokenizer.from_pretrained(base), is_melody
+
+
+def model_layout(pretrained: str, mono_to_stereo: bool = False) -> dict[str, Any] | None:
+    """What a checkpoint expects of its data, from its config alone (no weights read): for `mgft fit`'s early check.
+
+    Returns:
+        `{"num_codebooks" (K, after mono_to_stereo), "is_melody", "sample_rate"}`, or None when the config cannot be
+        read without loading the model (an audiocraft export, or a hub id that is not cached): the model's own
+        loading then reports the problem, and `MusicGenLM.on_fit_start` checks the shards.
+    """
+    from transformers import AutoConfig
+
+    if is_audiocraft_export(pretrained):
+        return None
+    try:
+        config = AutoConfig.from_pretrained(pretrained)
+    except (OSError, ValueError):
+        return None
+    try:
+        _, is_melody = _classes(config.model_type)
+    except ValueError as e:
+        raise ValueError(f"model.pretrained {pretrained}: {e}") from e
+    num_codebooks = config.decoder.num_codebooks
+    return {
+        "num_codebooks": 2 * num_codebooks if mono_to_stereo else num_codebooks,
+        "is_melody": is_melody,
+        "sample_rate": config.audio_encoder.sampling_rate,
+    }
 
 
 def load_musicgen(pretrained: str, dropout: float = 0.0, mono_to_stereo: bool = False,

@@ -17,8 +17,9 @@ import soundfile as sf
 import torch
 
 from data_prep import audio as audio_io
+from data_prep import prep as prep_module
 from data_prep.merge import prep_merge
-from data_prep.prep import plan_segments, prep
+from data_prep.prep import prep
 from data_prep.schema import SAMPLE_RATE, deinterleave_stereo, num_frames, sample_key, sanitize_key, valid_frames
 from tests.data_prep.shard_reader import read_jsonl, read_samples
 
@@ -222,11 +223,6 @@ def test_short_tracks_and_tails_are_kept_with_valid_frames(tmp_path: Path, tiny_
             assert s["info"]["valid_frames"] == valid_frames(round(d * SAMPLE_RATE))
     assert json.loads((out / "stats.json").read_text())["by_license"]["CC-BY-4.0"]["tracks"] == 3
 
-
-def test_plan_segments_with_overlap_covers_the_track() -> None:
-    assert plan_segments(10, 4, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert plan_segments(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
-    assert plan_segments(3, 4, 4) == [(0, 3)]
 
 
 def test_licenses_filter_and_default(tmp_path: Path, tiny_models_dir: Path) -> None:
@@ -465,3 +461,85 @@ def test_hard_panned_stereo_keeps_left_and_right_apart(tmp_path: Path, tiny_mode
     own = log_mel_correlation(wav[0, :n], decoded[0, :n])
     crossed = log_mel_correlation(wav[0, :n], decoded[1, :n])
     assert own > crossed + 0.1, (own, crossed)  # measured 0.26 against 0.07
+
+
+def test_long_tracks_streamed_in_blocks_give_exactly_the_samples_of_tracks_read_whole(
+    tmp_path: Path, prepped: Path, synth_catalog_dir: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tracks past 8 s are checked by the worker and decoded again in 0.7 s blocks by the main process (resampled by
+    # soxr's stream, cut into windows as they arrive); the others come whole from the worker as in `prepped`.
+    monkeypatch.setattr(prep_module, "STREAM_SECONDS", 8.0)
+    monkeypatch.setattr(audio_io, "BLOCK_SECONDS", 0.7)
+    out = tmp_path / "streamed"
+    args = _prep_args(synth_catalog_dir, out, tiny_models_dir, melody=True, keep_audio=True)
+    args["demucs"] = str(tiny_models_dir / "htdemucs")
+    prep(**args)
+
+    rows = {r["path"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    reference = {r["path"]: r for r in read_jsonl(prepped / "manifest.jsonl")}
+    streamed = [p for p, r in rows.items() if r["source"]["seconds"] > 8.0]
+    assert len(streamed) >= 2 and len(rows) - len(streamed) >= 2, "the catalog must have tracks of both kinds"
+    assert any(r["source"]["sample_rate"] != SAMPLE_RATE for p, r in rows.items() if p in streamed)
+    assert rows.keys() == reference.keys()
+    for path, row in rows.items():
+        assert {**row, "shard": None} == {**reference[path], "shard": None}, path
+    assert read_jsonl(out / "rejects.jsonl") == read_jsonl(prepped / "rejects.jsonl")
+    got, want = read_samples(out), read_samples(prepped)
+    assert got.keys() == want.keys()
+    for key, sample in want.items():
+        for field in ("codes", "chroma", "audio"):
+            np.testing.assert_array_equal(got[key][field], sample[field], err_msg=f"{key} {field}")
+        assert got[key]["info"] == sample["info"]
+    # And both are the whole file resampled in one go (soxr.resample), whatever the blocks: the windows (no overlap
+    # at this stride) put end to end give it back, to the 24-bit FLAC's precision.
+    for path in streamed:
+        whole = audio_io.convert_channels(audio_io.resample(audio_io.decode(synth_catalog_dir / path), SAMPLE_RATE), 2)
+        windows = [got[s["key"]]["audio"] for s in rows[path]["segments"]]  # [n, 2] each
+        np.testing.assert_allclose(np.concatenate(windows).T, whole.samples, atol=2e-7, err_msg=path)
+
+
+def test_a_streamed_track_whose_second_read_fails_is_rejected_alone(
+    tmp_path: Path, synth_catalog_dir: Path, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file changes between the worker's check and the streamed read: near its end, the decoder fails, after
+    # windows of it were written into the open shard.
+    monkeypatch.setattr(prep_module, "STREAM_SECONDS", 8.0)
+    monkeypatch.setattr(audio_io, "BLOCK_SECONDS", 1.0)
+    whole = tmp_path / "whole"
+    prep(**_prep_args(synth_catalog_dir, whole, tiny_models_dir))
+    longest = max(read_jsonl(whole / "manifest.jsonl"), key=lambda r: r["source"]["seconds"])
+    victim, fail_at = longest["path"], int(longest["source"]["seconds"] - 0.5)
+    assert fail_at > 2 * SEGMENT, "two windows must be written before the failure"
+    read_blocks, reads = audio_io.read_blocks, []
+
+    def failing(path: Path, backend: str):
+        info, blocks = read_blocks(path, backend)
+        if not str(path).endswith(victim):
+            return info, blocks
+        reads.append(path)
+        if len(reads) == 1:  # the worker's check reads it whole
+            return info, blocks
+
+        def broken():
+            for i, block in enumerate(blocks):
+                if i == fail_at:
+                    raise audio_io.RejectError("decode_error", "the file changed")
+                yield block
+
+        return info, broken()
+
+    monkeypatch.setattr(audio_io, "read_blocks", failing)
+    out = tmp_path / "out"
+    prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
+
+    assert len(reads) == 2
+    rejects = {r["path"]: r for r in read_jsonl(out / "rejects.jsonl")}
+    assert rejects[victim]["reason"] == "decode_error" and "second, streamed read" in rejects[victim]["detail"]
+    rows = {r["path"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    reference = {r["path"]: r for r in read_jsonl(whole / "manifest.jsonl") if r["path"] != victim}
+    assert rows.keys() == reference.keys()
+    samples, expected = read_samples(out), read_samples(whole)
+    assert samples.keys() == {k for k in expected if expected[k]["info"]["source_path"] != victim}
+    for key, sample in samples.items():
+        np.testing.assert_array_equal(sample["codes"], expected[key]["codes"])
+    assert not list(out.glob("*.tmp")), "the dropped shard's temporary file is gone"

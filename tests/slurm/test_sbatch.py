@@ -3,6 +3,7 @@ nodes over loopback. These tests fail, never skip, when SLURM cannot start: CI m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,29 +39,56 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 """Job states after which a job (or an array task) runs no more."""
 
 
-def sbatch(*args: str, wait: bool = True, timeout: float = 600) -> str:
+STALL_S = 300.0
+"""A job whose state and output have not changed for this long has stalled. Waits end on progress, not on a fixed
+total, so a loaded machine (slower steps, slower SLURM RPCs) only makes them longer."""
+
+
+def sbatch(*args: str, wait: bool = True) -> str:
     """Submit from the repository root; returns the job id (after every task of it ended, successfully, if `wait`).
 
     `sbatch --wait` polls with a growing interval (up to about 10 s late); `wait_for` polls every half second.
     """
     command = ["sbatch", "--parsable", "--chdir", str(ROOT), *args]
-    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=60)
+    out = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=STALL_S)
     job = out.stdout.strip().split(";")[0]
     assert job, out.stderr
     if wait:
-        states = wait_for(job, timeout)
+        states = wait_for(job)
         assert set(states) == {"COMPLETED"}, f"job {job} ended {states}:\n{_job_info(job)}"
     return job
 
 
-def wait_for(job: str, timeout: float = 600) -> list[str]:
-    """The final states of the job's tasks, once every one has ended (an array lists one state per task)."""
-    deadline = time.monotonic() + timeout
+def _progress(info: str, watch: Path | None) -> tuple:
+    """What changes while a job makes progress: its tasks' states, the sizes of their output files and of the files
+    in `watch` (e.g. the per-step records of a training job)."""
+    files = [Path(out) for out in re.findall(r"\bStdOut=(\S+)", info)]
+    files += sorted(watch.glob("*")) if watch is not None and watch.is_dir() else []
+    sizes = tuple(f.stat().st_size if f.exists() else -1 for f in files)
+    return tuple(re.findall(r"\bJobState=(\S+)", info)), sizes
+
+
+def wait_for(job: str, until: Callable[[], bool] | None = None, watch: Path | None = None,
+             stall_s: float = STALL_S) -> list[str]:
+    """Poll every half second until every task of `job` ended (or `until()` holds); returns the tasks' states.
+
+    Fails when the job made no progress (`_progress`) for `stall_s` seconds, however long it has run in all, and,
+    with `until`, when the job ends before `until()` holds.
+    """
+    last, changed = None, time.monotonic()
     while True:
-        states = re.findall(r"\bJobState=(\S+)", _job_info(job))
-        if states and all(state in ENDED for state in states):
+        info = _job_info(job)
+        states = re.findall(r"\bJobState=(\S+)", info)
+        ended = bool(states) and all(state in ENDED for state in states)
+        if until is not None and until():
             return states
-        assert time.monotonic() < deadline, f"job {job} still running after {timeout} s:\n{_job_info(job)}"
+        if ended:
+            assert until is None, f"job {job} ended {states} before the awaited condition:\n{info}"
+            return states
+        now = _progress(info, watch)
+        if now != last:
+            last, changed = now, time.monotonic()
+        assert time.monotonic() - changed < stall_s, f"job {job} made no progress for {stall_s} s:\n{info}"
         time.sleep(0.5)
 
 
@@ -99,14 +128,11 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_or_repeating_steps
     job = sbatch("--ntasks-per-node", "2", "--output", str(log), *_fit_sbatch_args(
         tmp_path, tiny_lm_dir, mono_shards, steps, "--trainer.callbacks+=tests.finetune.helpers.SlowSteps",
         "--trainer.callbacks.seconds", "0.5", strategy=strategy), wait=False)
-    deadline = time.monotonic() + 300
-    while len(_records(tmp_path / "record", 0)) < 4:  # let it train a few steps first
-        assert time.monotonic() < deadline, f"no progress:\n{log.read_text() if log.exists() else ''}"
-        assert _job_field(job, "JobState") in ("PENDING", "RUNNING", "CONFIGURING"), _job_info(job)
-        time.sleep(0.5)
+    # Let it train a few steps first.
+    wait_for(job, until=lambda: len(_records(tmp_path / "record", 0)) >= 4, watch=tmp_path / "record")
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what SLURM sends before a preemption
 
-    states = wait_for(job, timeout=600)
+    states = wait_for(job, watch=tmp_path / "record")
     text = log.read_text()
     assert states == ["COMPLETED"], text[-4000:]
     assert _job_field(job, "Restarts") == "1", _job_info(job)
@@ -148,15 +174,29 @@ def _uninterrupted_keys(shards: Path, rank: int, world: int, steps: int) -> list
     return keys[:steps]
 
 
+@contextlib.contextmanager
+def cpu_load(processes: int, seconds: float) -> Iterator[None]:
+    """`processes` busy loops beside the test (each ends by itself after `seconds`, and at the latest with the block):
+    the load of a shared machine, under which SLURM's RPCs and the jobs' steps slow down."""
+    loop = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
 @pytest.mark.slow
 def test_prep_array_of_two_equals_a_one_task_prep(slurm_cluster: None, tmp_path: Path, synth_catalog_dir: Path,
                                                   tiny_models_dir: Path, mono_shards: Path) -> None:
     from tests.data_prep.shard_reader import read_samples
 
     out = tmp_path / "shards"
-    sbatch("--array", "0-1", "--output", str(tmp_path / "prep-%a.out"), str(ROOT / "slurm" / "prep.sbatch"),
-           "--input", str(synth_catalog_dir), "--output", str(out), "--codec", str(tiny_models_dir / "encodec_32khz"),
-           "--segment-seconds", "2", "--shard-max-samples", "6", "--batch-size", "8", "--channels", "1")
+    # Two busy loops per core run beside the array job (the tier once failed only on a loaded machine).
+    with cpu_load(2 * (os.cpu_count() or 1), seconds=STALL_S):
+        _prep_array(out, tmp_path, synth_catalog_dir, tiny_models_dir)
     logs = " ".join(p.read_text() for p in tmp_path.glob("prep-*.out"))
     assert "array task 0 of 2" in logs and "array task 1 of 2" in logs, logs
     # mono_shards is the same catalog prepped by one task with the same settings.
@@ -165,6 +205,12 @@ def test_prep_array_of_two_equals_a_one_task_prep(slurm_cluster: None, tmp_path:
     for key, sample in reference.items():
         assert (ours[key]["codes"] == sample["codes"]).all(), key
     assert json.loads((out / "stats.json").read_text())["segments"] == len(reference)
+
+
+def _prep_array(out: Path, tmp_path: Path, synth_catalog_dir: Path, tiny_models_dir: Path) -> None:
+    sbatch("--array", "0-1", "--output", str(tmp_path / "prep-%a.out"), str(ROOT / "slurm" / "prep.sbatch"),
+           "--input", str(synth_catalog_dir), "--output", str(out), "--codec", str(tiny_models_dir / "encodec_32khz"),
+           "--segment-seconds", "2", "--shard-max-samples", "6", "--batch-size", "8", "--channels", "1")
 
 
 def _free_port() -> int:
