@@ -3,7 +3,7 @@
 #   bash slurm/local-cluster.sh start|stop|status
 # start: installs slurm-wlm and munge from Debian's packages when missing (needs root), writes a slurm.conf for one
 #        node with this machine's CPUs and memory, starts munged, slurmctld and slurmd, and waits until the node is
-#        idle. Idempotent: a running cluster is left as it is.
+#        idle. Idempotent: a running cluster with this slurm.conf is left as it is (another one is restarted).
 # stop:  stops the three daemons.  status: sinfo and the queue.
 # Settings: MGFT_SLURM_DIR (state, logs, config; default /var/tmp/mgft-slurm). Exits non-zero when it cannot start.
 set -euo pipefail
@@ -27,12 +27,12 @@ install_packages() {
   apt-get install -y -qq slurm-wlm munge >/dev/null
 }
 
-write_config() {
+render_config() {
   local cpus mem
-  cpus=$(nproc)
+  # Not `nproc`: it reports OMP_NUM_THREADS when that is set (the test workers set it to 1).
+  cpus=$(getconf _NPROCESSORS_ONLN)
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
-  mkdir -p /etc/slurm "$STATE_DIR"/{ctld,d,log}
-  cat > "$CONF" <<EOF
+  cat <<EOF
 # Written by slurm/local-cluster.sh: one node, no cgroups (containers), jobs may requeue themselves.
 ClusterName=mgft-local
 SlurmctldHost=$HOST
@@ -70,6 +70,11 @@ PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscr
 EOF
 }
 
+write_config() {
+  mkdir -p /etc/slurm "$STATE_DIR"/{ctld,d,log}
+  render_config > "$CONF"
+}
+
 start_munge() {
   if pgrep -x munged >/dev/null; then return; fi
   mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
@@ -79,9 +84,9 @@ start_munge() {
   chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge 2>/dev/null || true
   chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
   if id munge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1
   else
-    /usr/sbin/munged --force
+    /usr/sbin/munged --force </dev/null >/dev/null 2>&1
   fi
 }
 
@@ -104,12 +109,18 @@ wait_idle() {
 start() {
   install_packages
   if pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && sinfo -h >/dev/null 2>&1; then
-    wait_idle; return
+    if [[ -f $CONF && $(render_config) == "$(cat "$CONF")" ]]; then
+      wait_idle; return
+    fi
+    log "slurm.conf is not the one this script writes (an older version, or another machine size): restarting"
+    stop
   fi
   write_config
   start_munge
-  pgrep -x slurmctld >/dev/null || slurmctld -c   # -c: clear state from an earlier cluster
-  pgrep -x slurmd >/dev/null || slurmd
+  # The daemons log to $STATE_DIR/log; their stdio is detached so that a caller reading this script's output (the
+  # tests' fixture) is not left waiting on a pipe a daemon inherited.
+  pgrep -x slurmctld >/dev/null || slurmctld -c </dev/null >/dev/null 2>&1   # -c: clear an earlier cluster's state
+  pgrep -x slurmd >/dev/null || slurmd </dev/null >/dev/null 2>&1
   wait_idle
 }
 
@@ -119,6 +130,12 @@ stop() {
     pkill -x "$daemon" 2>/dev/null || true
   done
   pkill -x munged 2>/dev/null || true
+  # Wait until they are gone: a start right after must not take a daemon that is still shutting down for a live one.
+  for _ in $(seq 1 30); do
+    pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || pgrep -x munged >/dev/null || break
+    sleep 1
+  done
+  pkill -9 -x slurmctld 2>/dev/null || true; pkill -9 -x slurmd 2>/dev/null || true; pkill -9 -x munged 2>/dev/null || true
   log "stopped"
 }
 

@@ -39,6 +39,8 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 """Job states after which a job (or an array task) runs no more."""
 
 
+NEVER_STARTS = ("PartitionConfig", "BadConstraints", "PartitionNodeLimit", "ReqNodeNotAvail")
+"""Reasons a pending job gives when the cluster cannot run it at all (e.g. more tasks than the node has CPUs)."""
 STALL_S = 300.0
 """A job whose state and output have not changed for this long has stalled. Waits end on progress, not on a fixed
 total, so a loaded machine (slower steps, slower SLURM RPCs) only makes them longer."""
@@ -85,6 +87,8 @@ def wait_for(job: str, until: Callable[[], bool] | None = None, watch: Path | No
         if ended:
             assert until is None, f"job {job} ended {states} before the awaited condition:\n{info}"
             return states
+        reason = re.search(r"\bReason=(\S+)", info)
+        assert not (reason and reason.group(1) in NEVER_STARTS), f"job {job} can never start:\n{info}"
         now = _progress(info, watch)
         if now != last:
             last, changed = now, time.monotonic()
