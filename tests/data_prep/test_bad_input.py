@@ -90,8 +90,10 @@ def odd_prepped(odd_catalog: Path, tmp_path_factory: pytest.TempPathFactory, tin
         mp.setattr(os, "scandir", locked_scandir)
         mp.setattr(pathlib.Path, "read_text", locked_read_text)
         mp.setattr(prep_module, "sha256_of", locked_hash)
+        # One decoding worker (forked: it inherits the patches): the unreadable hash and sidecar fail in the worker,
+        # and must come back to the main process as reject rows (the workers=0 path is what the other preps run).
         prep(input=str(odd_catalog), output=str(out), codec=str(tiny_models_dir / "encodec_32khz"), channels=2,
-             segment_seconds=2.0, batch_size=4, license="CC0-1.0")
+             segment_seconds=2.0, batch_size=4, license="CC0-1.0", workers=1)
     return out
 
 
