@@ -166,11 +166,6 @@ class ShardWriter:
         if self._samples >= self.max_samples or self._bytes >= self.max_bytes:
             self.close()
 
-    @property
-    def is_empty(self) -> bool:
-        """No shard is open, or the open one holds nothing yet."""
-        return self._tar is None or self._samples == 0
-
     def discard(self) -> None:
         """Drop the open shard unwritten (its index is reused): for a track that failed after it began.
 
