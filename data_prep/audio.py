@@ -158,14 +158,19 @@ class _Reader:
         raise NotImplementedError
 
 
+def _open_decoder(path: Path, make):  # noqa: ANN001, ANN202 (a decoder constructor over a binary file)
+    """`(raw file, make(raw file))`; the file is closed again when the decoder refuses it."""
+    raw = open(path, "rb")
+    try:
+        return raw, make(raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
 class _SoundfileReader(_Reader):
     def __init__(self, path: Path) -> None:
-        self._raw = open(path, "rb")
-        try:
-            self._file = sf.SoundFile(self._raw)
-        except BaseException:
-            self._raw.close()
-            raise
+        self._raw, self._file = _open_decoder(path, sf.SoundFile)
         f = self._file
         self.info = StreamInfo(f.samplerate, f.channels, f"{f.format}/{f.subtype}".lower(), f.frames, "soundfile")
 
@@ -185,12 +190,7 @@ class _PyavReader(_Reader):
     def __init__(self, path: Path) -> None:
         import av
 
-        self._raw = open(path, "rb")
-        try:
-            self._container = av.open(self._raw)
-        except BaseException:
-            self._raw.close()
-            raise
+        self._raw, self._container = _open_decoder(path, av.open)
         if not self._container.streams.audio:
             self.close()
             raise RejectError("not_audio", "the container has no audio stream")
