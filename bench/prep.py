@@ -1,7 +1,7 @@
 """Prep speed: real-time factors of the real-size EnCodec 32 kHz and HTDemucs (random weights) on this machine.
 
-    python bench/prep.py [--seconds 10] [--segments 8] [--batch-size 8] [--device cpu] [--stems-segments 2]
-    python bench/prep.py --long-minutes 60 [--codec-size tiny|real] [--batch-size 8]   # memory of a long track
+    python bench/prep.py [--seconds 10] [--segments 8] [--batch-size 2] [--device cpu] [--stems-segments 2]
+    python bench/prep.py --long-minutes 60 [--codec-size tiny|real] [--batch-size 2]   # memory of a long track
 
 Prints, for EnCodec, one segment at a time against the fixed-shape batched path `mgft prep` uses, split into the
 SEANet encoder (convs + LSTM) and the residual quantizer; and for melody prep, the HTDemucs stems (resample to
@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="segment length")
     parser.add_argument("--segments", type=int, default=8, help="EnCodec segments")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2, help="EnCodec batch (mgft prep's default: 2)")
     parser.add_argument("--stems-segments", type=int, default=2, help="HTDemucs segments (slow on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-stems", action="store_true")

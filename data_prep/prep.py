@@ -75,6 +75,9 @@ class PrepSettings:
     world_size: int
     shard_max_samples: int
     shard_max_mb: float
+    # EnCodec's call shape [batch_size, 1, N]: codes depend on it at float precision (kernels chosen per shape), so a
+    # resumed run or another rank must encode with the same one.
+    batch_size: int = 2
     schema_version: int = SCHEMA_VERSION
 
 
@@ -99,6 +102,8 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
         previous = json.loads(path.read_text())
         # Older outputs stored the model paths as typed: compare them resolved, as this version stores them.
         previous.update({k: local_or_hub(previous[k]) for k in ("codec", "demucs") if previous.get(k)})
+        # Older outputs did not record the EnCodec batch; 8 was the default then.
+        previous.setdefault("batch_size", 8)
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -109,7 +114,8 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
             )
         if diff:
             lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
-            raise ValueError(f"{out_dir} was prepped with other settings ({lines}); use a new --output")
+            hint = f" (or --batch-size {diff['batch_size'][0]})" if list(diff) == ["batch_size"] else ""
+            raise ValueError(f"{out_dir} was prepped with other settings ({lines}); use a new --output{hint}")
         return
     atomic_write_text(path, json.dumps(current, indent=2))
 
@@ -214,12 +220,12 @@ def _seed_for(key: str) -> int:
 class SegmentEncoder:
     """Turns pending tracks into codes (+ chroma): segments are padded to the segment length and batched."""
 
-    def __init__(self, settings: PrepSettings, device: str, batch_size: int) -> None:
+    def __init__(self, settings: PrepSettings, device: str) -> None:
         from data_prep.codec import CodecEncoder, load_codec
 
         self.settings = settings
         self.segment_samples = round(settings.segment_seconds * SAMPLE_RATE)
-        self.codec = CodecEncoder(load_codec(settings.codec, device), batch_size)
+        self.codec = CodecEncoder(load_codec(settings.codec, device), settings.batch_size)
         self.demucs = self.extractor = None
         if settings.melody:
             from data_prep.chroma import ChromaExtractor
@@ -340,7 +346,7 @@ def prep(
     min_seconds: float = 1.0,
     silence_dbfs: float = -80.0,
     device: str = "cpu",
-    batch_size: int = 8,
+    batch_size: int = 2,
     workers: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
@@ -367,7 +373,8 @@ def prep(
         min_seconds: Tracks shorter than this are rejected.
         silence_dbfs: Tracks whose peak is at or below this level are rejected as silent.
         device: Where EnCodec and demucs run (cpu, cuda, cuda:1, ...).
-        batch_size: Segments per EnCodec batch (per channel).
+        batch_size: Mono segments per EnCodec call (a stereo segment is two). Peak memory grows with it (EnCodec's
+            activations of 30 s at 32 kHz), speed a little (docs/performance.md). Recorded: a resume must use it.
         workers: DataLoader worker processes for decoding and resampling (0: in the main process).
         rank: This task's index among world_size (default: SLURM_ARRAY_TASK_ID, else 0).
         world_size: Number of tasks splitting the catalog (default: SLURM_ARRAY_TASK_COUNT, else 1).
@@ -423,6 +430,7 @@ def prep(
         world_size=world_size,
         shard_max_samples=shard_max_samples,
         shard_max_mb=float(shard_max_mb),
+        batch_size=batch_size,
     )
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -437,7 +445,7 @@ def prep(
     conflicts = license_conflicts(tracks, lambda t: describe_track(t, settings).license)
     (out_dir / f"done.r{rank:04d}").unlink(missing_ok=True)
 
-    counts = _run(todo, settings, out_dir, rank, state, device, batch_size, workers, len(tracks), conflicts)
+    counts = _run(todo, settings, out_dir, rank, state, device, workers, len(tracks), conflicts)
     (out_dir / f"done.r{rank:04d}").write_text(json.dumps(counts))
     stats = merge_if_complete(out_dir)
     if stats is not None:
@@ -454,12 +462,11 @@ class PrepLoop:
     a track's manifest row goes in once its last window is written, so shards hold whole tracks.
     """
 
-    def __init__(self, settings: PrepSettings, writer: ShardWriter, encoder: SegmentEncoder, batch_size: int,
+    def __init__(self, settings: PrepSettings, writer: ShardWriter, encoder: SegmentEncoder,
                  counts: dict[str, int]) -> None:
         self.settings = settings
         self.writer = writer
         self.encoder = encoder
-        self.batch_size = batch_size
         self.counts = counts
         self.segment = round(settings.segment_seconds * SAMPLE_RATE)
         self.stride = round(settings.stride_seconds * SAMPLE_RATE)
@@ -485,7 +492,7 @@ class PrepLoop:
             if window.last:
                 track.num_samples = window.end
             self.queue.append(Segment(track, window))
-            if len(self.queue) * self.settings.channels >= self.batch_size:
+            if len(self.queue) * self.settings.channels >= self.settings.batch_size:
                 self.flush()
 
     def stream_track(self, item: dict[str, Any]) -> bool:
@@ -528,7 +535,6 @@ def _run(
     rank: int,
     state: Any,
     device: str,
-    batch_size: int,
     workers: int,
     total: int,
     conflicts: dict[str, str],
@@ -540,7 +546,7 @@ def _run(
         out_dir, rank, journal, len(state.shards), settings.shard_max_samples, int(settings.shard_max_mb * 2**20)
     )
     counts = {"tracks": total, "resumed_done": total - len(todo), "kept": 0, "rejected": 0, "segments": 0}
-    loop = PrepLoop(settings, writer, SegmentEncoder(settings, device, batch_size), batch_size, counts)
+    loop = PrepLoop(settings, writer, SegmentEncoder(settings, device), counts)
     seen = state.seen_hashes
     loader = torch.utils.data.DataLoader(
         TrackDecoder(todo, settings, conflicts), batch_size=None, num_workers=workers, collate_fn=lambda x: x

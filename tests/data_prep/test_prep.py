@@ -310,6 +310,16 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path, synth_catalog_dir:
     prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
     with pytest.raises(ValueError, match="channels"):
         prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, channels=1))
+    # The EnCodec batch is part of the output (codes depend on the call shape), and the refusal says how to resume.
+    with pytest.raises(ValueError, match=r"batch_size: 4 -> 2\); use a new --output \(or --batch-size 4\)"):
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, batch_size=2))
+    # An output from before the batch was recorded was encoded at the default of then, 8.
+    config = json.loads((out / "prep_config.json").read_text())
+    del config["batch_size"]
+    (out / "prep_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"batch_size: 8 -> 4"):
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))
+    assert prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, batch_size=8))["tracks_kept"] > 0
 
 
 def test_prep_into_an_output_of_the_old_schema_says_what_changed(tmp_path: Path, synth_catalog_dir: Path,
