@@ -7,8 +7,11 @@
 Real-size architectures with random weights (written once under bench/out/ by `mgft tiny-models --size real`).
 The "shards" step is what `mgft fit` runs: a batch of int16 codes from webdataset shards -> forward, backward,
 AdamW. The "on the fly" step first encodes the batch's audio with the real-size EnCodec (and runs HTDemucs + chroma
-for melody), which is what audiocraft's solver does every step. MFU counts 6 x matmul parameters + attention per
-frame (docs/performance.md) against `--peak-tflops`.
+for melody), which is what audiocraft's solver does every step. The "transformers" step is the bare step of the peers
+that train with transformers' own loss: the same model, batch and delayed inputs through
+`MusicgenForConditionalGeneration(..., decoder_input_ids=..., labels=...)` (text models); `mgft / transformers` is
+printed from the same run. MFU counts 6 x matmul parameters + attention per frame (docs/performance.md) against
+`--peak-tflops`.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main() -> None:
     from finetune.lm.data import MusicGenData
     from finetune.lm.loss import masked_codebook_ce
     from finetune.lm.module import MusicGenLM
+    from finetune.lm.patterns import build_delayed_inputs
 
     torch.manual_seed(0)
     models = real_models(args.model)
@@ -103,8 +107,23 @@ def main() -> None:
 
     def train_step(batch: dict) -> None:
         with autocast:
-            logits, mask = module(batch, train=True)
-            loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
+            logits, targets, mask = module(batch, train=True)
+            loss, _ = masked_codebook_ce(logits, targets, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def bare_step(batch: dict) -> None:
+        # The peers' step: transformers' loss over labels [B, S, K], the delayed layout shifted by one step with the
+        # special token ignored (-100); its inputs are mgft's delayed inputs, so both steps see the same tokens.
+        codes = batch["codes"]  # [B, K, T]
+        b, k, _ = codes.shape
+        inputs = build_delayed_inputs(codes, module.delays, special=module.card)  # [B, K, S]
+        targets = torch.cat([inputs[:, :, 1:], torch.full_like(inputs[:, :, :1], module.card)], dim=2)
+        labels = targets.masked_fill(targets == module.card, -100).transpose(1, 2)  # [B, S, K]
+        text = module.tokenizer(list(batch["captions"]), padding=True, return_tensors="pt").to(args.device)
+        with autocast:
+            loss = module.model(**text, decoder_input_ids=inputs.reshape(b * k, -1), labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -119,13 +138,16 @@ def main() -> None:
 
     n = int(args.seconds * 32000)
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (args.batch_size, channels, n)).astype(np.float32)
-    timings: dict[str, list[float]] = {"shards": [], "on the fly": []}
+    steps = {"shards": train_step, "on the fly": lambda batch: on_the_fly(batch, audio)}
+    if not module.is_melody:
+        steps["transformers"] = bare_step
+    timings: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.steps + 1):  # step 0 warms up allocators and kernels
-        for name in timings:
+        for name, step in steps.items():  # interleaved, so a slow spell of the machine hits every kind alike
             batch = to_device(next(batches))
             sync()
             start = time.perf_counter()
-            train_step(batch) if name == "shards" else on_the_fly(batch, audio)
+            step(batch)
             sync()
             if i:
                 timings[name].append(time.perf_counter() - start)
@@ -138,7 +160,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     best = {name: min(t) for name, t in timings.items()}
     for name, t in best.items():
-        line = f"  {name:<11}: {t:8.2f} s/step  {frames / t:9.1f} frames/s"
+        line = f"  {name:<12}: {t:8.2f} s/step  {frames / t:9.1f} frames/s"
         if args.peak_tflops:
             mfu = step_flops(module.model, int(args.seconds * 50), args.batch_size) / t / (args.peak_tflops * 1e12)
             line += f"  MFU {100 * mfu:5.1f}%"
@@ -146,6 +168,9 @@ def main() -> None:
     extra = "EnCodec" + (" + HTDemucs + chroma" if args.melody else "")
     print(f"  on the fly / shards = {best['on the fly'] / best['shards']:.2f}x "
           f"({extra} adds {best['on the fly'] - best['shards']:.2f} s per step)")
+    if "transformers" in best:
+        print(f"  mgft / transformers = {best['shards'] / best['transformers']:.2f} (the shards step against the "
+              "bare transformers step)")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def codebook_cross_entropy(module, shards: str, batch_size: int = 8,
                           val_samples=max_samples, require_chroma=module.is_melody).val_dataset(0, 1)
     sums = torch.zeros(2, module.num_codebooks, dtype=torch.float64)
     for batch in tqdm(loader, desc="cross-entropy", unit="batch"):
-        logits, mask = module(batch, train=False)  # [B, K, T, card], [B, K, T]
-        sums += codebook_nll_sums(logits, batch["codes"], mask.bool()).double()
+        logits, targets, mask = module(batch, train=False)  # [B, K, T, card], [B, K, T], [B, K, T]
+        sums += codebook_nll_sums(logits, targets, mask).double()
     ce = sums[0] / sums[1].clamp(min=1)
     metrics = {"val/ce": float(ce.mean()), "val/ppl": float(ce.mean().exp())}
     for k, value in enumerate(ce):

@@ -33,14 +33,22 @@ def encode_text(tokenizer, text_encoder: torch.nn.Module, captions: list[str | N
     projected condition is all zeros, as audiocraft's T5Conditioner does (docs/fidelity.md).
     """
     texts = [c if c is not None else "" for c in captions]
-    tokens = tokenizer(texts, padding=True, return_tensors="pt").to(device)
-    mask = tokens["attention_mask"].clone()
-    empty = null.to(device) | torch.tensor([t == "" for t in texts], device=device)
-    mask[empty] = 0
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")  # on the host
+    # The condition mask is made on the host too, then everything goes to the device without a sync.
+    mask = tokens["attention_mask"].clone()  # [B, L]
+    mask[null.cpu() | torch.tensor([t == "" for t in texts])] = 0
+    ids, attention, mask = (_to_device(t, device) for t in (tokens["input_ids"], tokens["attention_mask"], mask))
     # T5 is fp16-unsafe; audiocraft runs it with autocast_dtype float32.
     with torch.autocast(device_type=device.type, enabled=False):
-        hidden = text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        hidden = text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
     return hidden.float(), mask
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU through pinned memory, so the copy does not wait for the GPU's queue."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def text_condition(model, tokenizer, captions: list[str | None], null: torch.Tensor,

@@ -32,10 +32,12 @@ def masked_codebook_ce(
     Only positions where `mask` is True are read, so logits there may hold anything (e.g. the NaN fill of
     `finetune.lm.patterns.align_logits`) and targets there may be any integer (e.g. -100 or 2048); no gradient reaches
     masked-out logits. The cross-entropy is computed in float32 whatever the dtype of `logits` (bf16/fp16 logits are
-    upcast after selecting the valid rows, as audiocraft's autocast does for `cross_entropy`).
+    upcast, as audiocraft's autocast does for `cross_entropy`). No step depends on the mask's values on the host, so
+    the loss costs no host-device sync.
 
     Args:
-        logits: Float tensor `[B, K, T, card]`, aligned to the frames of `targets`.
+        logits: Float tensor `[B, K, T, card]`, on the grid of `targets` (the decoder's steps with
+            `patterns.delayed_targets`, or the frames with `patterns.align_logits`).
         targets: Integer tensor `[B, K, T]`, values in `[0, card)` wherever `mask` is True.
         mask: Bool tensor broadcastable to `[B, K, T]` (e.g. `loss_mask(...)` `[B, K, T]` or a pattern mask `[K, T]`);
             True where a token is trained on.
@@ -57,15 +59,18 @@ def masked_codebook_ce(
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
     mask = mask.expand(B, K, T)  # [B, K, T]; raises if not broadcastable
 
-    # One boolean selection over all codebooks (a single host sync, as audiocraft's per-codebook indexing has K),
-    # then upcast only the selected rows: the full [B, K, T, card] logits are never copied to float32.
-    selected = logits[mask].float()  # [N, card]
-    selected_targets = targets[mask].long()  # [N]
-    codebook = torch.arange(K, device=logits.device)[None, :, None].expand(B, K, T)[mask]  # [N]
-    token_ce = F.cross_entropy(selected, selected_targets, reduction="none")  # [N]
+    # No boolean selection: `logits[mask]` has a data-dependent size, so it waits for the device (a host sync that
+    # stalls the GPU's queue). Every position is scored and the mask multiplies; masked logits are replaced first, so
+    # whatever they hold (NaN, inf) reaches neither the loss nor a gradient. The float32 upcast is of the whole
+    # [B, K, T, card] block, as autocast's would be; the selection's copy was nearly as large (a handful of tokens
+    # per codebook are masked).
+    safe = torch.where(mask[..., None], logits, 0.0)  # [B, K, T, card]
+    token_ce = F.cross_entropy(safe.reshape(-1, card).float(), torch.where(mask, targets, 0).reshape(-1).long(),
+                               reduction="none").view(B, K, T)
+    token_ce = token_ce * mask  # [B, K, T]
 
     # Per-codebook mean over the batch's valid tokens: sum / count; a codebook with count 0 gets 0 (not 0/0 = NaN).
-    ce_sum = torch.zeros(K, dtype=torch.float32, device=logits.device).index_add(0, codebook, token_ce)  # [K]
+    ce_sum = token_ce.sum(dim=(0, 2))  # [K]
     count = mask.sum(dim=(0, 2))  # [K]
     present = count > 0  # [K]
     per_codebook = ce_sum / count.clamp(min=1).to(torch.float32)  # [K]

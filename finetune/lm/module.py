@@ -5,10 +5,16 @@ A batch's path to the loss (shapes for K codebooks, T frames, S = T + 1 delayed 
     captions --(CFG / word dropout)--> frozen T5 (fp32) --> enc_to_dec_proj * mask        # [B, L, D]
     chroma   --(CFG / attribute dropout)--> audio_enc_to_dec_proj * valid mask          # [B, 235, D] (melody)
     codes [B, K, T] --> delayed inputs [B, K, S] --> MusicGen decoder --> logits [B, K, S, card]
-    logits --> aligned to codes [B, K, T] --> masked per-codebook cross-entropy, mean over K
+    codes [B, K, T] --> the code each of the first T steps predicts (delayed targets) [B, K, T] + loss mask
+    logits[:, :, :T] vs delayed targets --> masked per-codebook cross-entropy, mean over K
 
 Text models attend to the text by cross-attention *without* a key padding mask (padded positions are zero vectors, as
 in audiocraft; docs/fidelity.md); melody models prepend [chroma, text] to the audio sequence (docs/fidelity.md).
+
+The step waits for the device once: `on_before_optimizer_step` reads whether the gradients are finite (a skipped step
+must not run AdamW at all). Everything else stays on the device: metrics are logged as tensors and read only when a
+logger or the progress bar asks (every `trainer.log_every_n_steps`, the bar's refresh rate), the delays are copied to
+the device once, masks multiply instead of selecting, the gradient norm is computed once and clips too.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from finetune.lm.conditioning import (
 from finetune.lm.data import Batch, stream_seed
 from finetune.lm.load import load_musicgen
 from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
-from finetune.lm.patterns import align_logits, build_delayed_inputs, delays_for, loss_mask
+from finetune.lm.patterns import build_delayed_inputs, delayed_targets, delays_for
 from finetune.training.ema import EMA
 from finetune.training.fsdp import global_norm, is_dtensor
 
@@ -132,6 +138,7 @@ class MusicGenLM(L.LightningModule):
         self._nonfinite_total = 0
         self._last_validation: dict[str, float] | None = None  # {"step": n, "val/ce": ...}: the model card's metrics
         self._step_skipped = False
+        self._grad_norm: torch.Tensor | None = None  # this step's global norm, reused by the gradient clipping
         self._sharded = False
         self._micro_batch = 0  # which micro-batch of the optimizer step (gradient accumulation) is in flight
         self._last_step_time: float | None = None
@@ -268,8 +275,12 @@ class MusicGenLM(L.LightningModule):
             melody = melody_condition(self.model, batch["chroma"], batch["chroma_valid_frames"])  # [B, F, D]
         return torch.cat([melody, text.to(melody.dtype)], dim=1)
 
-    def forward(self, batch: Batch, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns logits aligned to the codes `[B, K, T, card]` and the loss mask `[B, K, T]`."""
+    def forward(self, batch: Batch, train: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the decoder's first T steps `[B, K, T, card]`, the code each predicts and the loss mask.
+
+        Targets and mask are `[B, K, T]` (`patterns.delayed_targets`): step s of codebook q predicts frame
+        `s - delay_q` of the codes, audiocraft's pairs of logits and codes, with the codes moved instead of the logits.
+        """
         codes = batch["codes"]  # [B, K, T]
         b, k, t = codes.shape
         if k != self.num_codebooks:
@@ -287,9 +298,10 @@ class MusicGenLM(L.LightningModule):
             # No encoder_attention_mask: audiocraft attends to the zeroed padding (docs/fidelity.md).
             out = self.model.decoder(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition,
                                      encoder_attention_mask=None)
-        logits = out.logits.reshape(b, k, -1, self.card)[:, :, -(t + 1):]  # [B, K, S, card]; drop the prefix
-        aligned, _ = align_logits(logits, self.delays)
-        return aligned, loss_mask(batch["valid_frames"], self.delays, t)
+        # Drop the melody prefix, and the last step: it predicts the tail audiocraft drops (keep_only_valid_steps).
+        logits = out.logits.reshape(b, k, -1, self.card)[:, :, -(t + 1):-1]  # [B, K, T, card], a view
+        targets, mask = delayed_targets(codes, batch["valid_frames"], self.delays)  # [B, K, T] each
+        return logits, targets, mask
 
     # ---- steps --------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -300,29 +312,36 @@ class MusicGenLM(L.LightningModule):
         # (seed, step, micro-batch, rank) makes a resumed run draw what the uninterrupted run did.
         torch.manual_seed(stream_seed(self.hparams.seed, "dropout", self.global_step, self._micro_batch,
                                       self.global_rank))
-        logits, mask = self(batch, train=True)
-        loss, per_codebook = masked_codebook_ce(logits, batch["codes"], mask)
+        logits, targets, mask = self(batch, train=True)
+        loss, per_codebook = masked_codebook_ce(logits, targets, mask)
         b = batch["codes"].shape[0]
-        if torch.isfinite(loss):
-            self.log("train/loss", loss, prog_bar=True, batch_size=b)
-            self.log_dict({f"train/ce_q{i}": ce for i, ce in enumerate(per_codebook)}, batch_size=b)
+        # Device tensors are logged as they are (read when logged); host values as CPU tensors, since a Python
+        # number would be copied to the device, a sync. A non-finite loss is logged too: its step is skipped in
+        # `on_before_optimizer_step` and counted in train/skipped_steps.
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
+        self.log_dict({f"train/ce_q{i}": ce for i, ce in enumerate(per_codebook.detach())}, batch_size=b)
         now = time.perf_counter()
-        if self._last_step_time is not None:
+        if self._last_step_time is not None:  # host time between launches: a mean over many steps is what counts
             frames = batch["valid_frames"].sum() * self.trainer.world_size
             self.log("train/frames_per_s", frames.float() / (now - self._last_step_time), batch_size=b)
         self._last_step_time = now
-        self.log("train/cfg_null", float(self.last_cfg_null), batch_size=b)
-        if batch.get("skipped"):
-            self.log("data/skipped_samples", float(batch["skipped"]), reduce_fx="sum", batch_size=b)
+        self.log("train/cfg_null", torch.tensor(float(self.last_cfg_null)), batch_size=b)
+        if batch.get("skipped"):  # a host int
+            self.log("data/skipped_samples", torch.tensor(float(batch["skipped"])), reduce_fx="sum", batch_size=b)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step on every rank together when any rank's gradients are non-finite."""
         grads = [p.grad for p in self._trainable().values() if p.grad is not None]
         norm = global_norm(grads).to(self.device)  # over all ranks' shards under FSDP2 (one all-reduce)
+        self._grad_norm = norm
         bad = (~torch.isfinite(norm)).float()
-        if self.trainer.world_size > 1 and not self._sharded:  # DDP: each rank's gradients before their all-reduce
+        # DDP averaged the gradients in backward, but the ranks still agree: one whose gradients went non-finite
+        # after the all-reduce must not be the only one to skip.
+        if self.trainer.world_size > 1 and not self._sharded:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        # The step's one host sync. Skipping must leave AdamW's moments and step count untouched, not just the
+        # weights (a zeroed gradient would still decay the moments and the weights), so the host decides.
         self._step_skipped = bool(bad > 0)
         if self._step_skipped:
             for p in self._trainable().values():
@@ -338,8 +357,21 @@ class MusicGenLM(L.LightningModule):
         else:
             self._nonfinite_streak = 0
             self.log("train/grad_norm", norm)
-        self.log("train/skipped_steps", float(self._nonfinite_total))
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        self.log("train/skipped_steps", torch.tensor(float(self._nonfinite_total)))
+        self.log("train/lr", torch.tensor(float(optimizer.param_groups[0]["lr"])))
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip by the global norm `on_before_optimizer_step` computed, instead of Lightning computing it again.
+
+        Same result as `torch.nn.utils.clip_grad_norm_` (`trainer.gradient_clip_val`, algorithm "norm"): gradients
+        scaled by `min(1, max_norm / (norm + 1e-6))`, with one foreach multiply per device and dtype.
+        """
+        if gradient_clip_val is None or gradient_clip_algorithm not in (None, "norm") or self._grad_norm is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if not self._step_skipped:  # a skipped step has no gradients left
+            torch.nn.utils.clip_grads_with_norm_(list(self._trainable().values()), gradient_clip_val, self._grad_norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Take the optimizer step, then update the EMA (here, after the step, not at batch end)."""
@@ -349,8 +381,8 @@ class MusicGenLM(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Add the batch's token-weighted NLL sums per codebook `[2, K]` to the epoch's."""
-        logits, mask = self(batch, train=False)
-        sums = codebook_nll_sums(logits, batch["codes"], mask.bool())  # [2, K], token-weighted over the epoch
+        logits, targets, mask = self(batch, train=False)
+        sums = codebook_nll_sums(logits, targets, mask)  # [2, K], token-weighted over the epoch
         self._val_sums = sums if self._val_sums is None else self._val_sums + sums
 
     def on_validation_epoch_start(self) -> None:

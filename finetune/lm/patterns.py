@@ -14,18 +14,24 @@ frame t, codebook 1 of frame t-1, and so on. With codes `a b c d e ...` (frames 
 
 Training uses `keep_only_valid_steps=True`: the layout is cut to its first `T + 1` steps (the tail where codebook 0
 has run out is dropped), which is what `build_delayed_inputs` returns. The model's logits at step s predict the
-coordinates of step s+1, i.e. `code[q, s - delay_q]`; `align_logits` maps them back onto the frame grid `[B, K, T]`.
-Because the tail is dropped, the last `delay_q` frames of codebook q have no logit and are excluded from the loss
-(6 of 4*T tokens per sample for delays [0, 1, 2, 3]); transformers' recipes train on the tail too, audiocraft does not.
+coordinates of step s+1, i.e. `code[q, s - delay_q]`; `align_logits` maps them back onto the frame grid `[B, K, T]`
+(audiocraft's `revert_pattern_logits`). Training does the converse, which gives the same (logit, code) pairs:
+`delayed_targets` moves the codes onto the step grid, so the integer `[B, K, T]` grid is shifted instead of the
+`[B, K, T, card]` logits (no gather or copy of the logits, forward or backward). Because the tail is dropped, the last
+`delay_q` frames of codebook q have no logit and are excluded from the loss (6 of 4*T tokens per sample for delays
+[0, 1, 2, 3]); transformers' recipes train on the tail too, audiocraft does not.
 
 Stereo MusicGen interleaves the codebooks of the two channels, [L0, R0, L1, R1, L2, R2, L3, R3], and a left/right pair
 shares a delay: delays [0, 0, 1, 1, 2, 2, 3, 3] (transformers' `build_delay_pattern_mask` with `audio_channels=2`).
 
 Everything here is a pure function of tensors; the index grids are tiny ([K, T] integers) and built on the device of
-the input, so no host round trip happens per batch.
+the input. The delays are copied to a device once (`delay_tensor`): a host-to-device copy of a Python list blocks the
+host until the GPU has caught up, which inside a training step stalls the kernel launches.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 
@@ -35,12 +41,13 @@ __all__ = [
     "SPECIAL_TOKEN_ID",
     "align_logits",
     "build_delayed_inputs",
+    "delay_tensor",
+    "delayed_targets",
     "delays_for",
     "loss_mask",
     "padding_mask",
     "pattern_mask",
 ]
-
 
 
 def delays_for(num_codebooks: int, audio_channels: int = 1) -> list[int]:
@@ -83,6 +90,16 @@ def _check_delays(delays: list[int], num_codebooks: int) -> None:
         raise ValueError(f"delays must be non-decreasing and start at 0 (as audiocraft asserts), got {delays}")
 
 
+def delay_tensor(delays: list[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """The delays as a long tensor `[K]` on `device`, made once per (delays, device) and shared: never modify it."""
+    return _delay_tensor(tuple(delays), torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@lru_cache(maxsize=64)
+def _delay_tensor(delays: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(delays, dtype=torch.long, device=device)
+
+
 def build_delayed_inputs(
     codes: torch.Tensor,
     delays: list[int],
@@ -118,7 +135,7 @@ def build_delayed_inputs(
     B, K, T = codes.shape
     _check_delays(delays, K)
     steps = torch.arange(T + 1, device=codes.device)  # [S]
-    delay = torch.tensor(delays, device=codes.device)  # [K]
+    delay = delay_tensor(delays, codes.device)  # [K]
     # Source frame of every (codebook, step); the leading empty step and the delayed head point before frame 0.
     src = steps[None, :] - 1 - delay[:, None]  # [K, S]
     has_code = src >= 0  # [K, S]; src <= T - 1 always holds since s <= T
@@ -146,7 +163,7 @@ def pattern_mask(delays: list[int], T: int, device: torch.device | str | None = 
     """
     _check_delays(delays, len(delays))
     frames = torch.arange(T, device=device)  # [T]
-    delay = torch.tensor(delays, device=device)  # [K]
+    delay = delay_tensor(delays, device)  # [K]
     return frames[None, :] + delay[:, None] <= T - 1  # [K, T]
 
 
@@ -186,7 +203,7 @@ def align_logits(
     _check_delays(delays, K)
     T = S - 1
     mask = pattern_mask(delays, T, device=logits.device)  # [K, T]
-    delay = torch.tensor(delays, device=logits.device)  # [K]
+    delay = delay_tensor(delays, logits.device)  # [K]
     src = torch.arange(T, device=logits.device)[None, :] + delay[:, None]  # [K, T]
     # Clamp keeps the gather in range; those positions are overwritten with fill_value below.
     index = src.clamp(max=max(T - 1, 0))[None, :, :, None].expand(B, K, T, card)  # [B, K, T, card]
@@ -194,6 +211,48 @@ def align_logits(
     # torch.where (not an in-place fill) so no gradient reaches the unused logits.
     aligned = torch.where(mask[None, :, :, None], gathered, torch.full_like(gathered, fill_value))
     return aligned, mask
+
+
+def delayed_targets(
+    codes: torch.Tensor,
+    valid_frames: torch.Tensor,
+    delays: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The code each logit step predicts, and the training mask, on the decoder's step grid.
+
+    The logit of step s, codebook q predicts `code[q, s - delay_q]` (see the module docstring); steps `s < delay_q`
+    predict the delayed head, which holds no code. Of the `T + 1` logit steps only the first T are trained (the last
+    predicts the dropped tail), so targets and mask are `[B, K, T]`, like the codes. With T = 4 frames `a b c d`,
+    delays [0, 1, 2, 3] (`-`: masked out, target 0) and all frames valid:
+
+        codes [K=4, T=4]          targets on steps 0..3      mask
+        [a, b, c, d]        ->    [a, b, c, d]               [1, 1, 1, 1]
+        [a, b, c, d]              [-, a, b, c]               [0, 1, 1, 1]
+        [a, b, c, d]              [-, -, a, b]               [0, 0, 1, 1]
+        [a, b, c, d]              [-, -, -, a]               [0, 0, 0, 1]
+
+    These are exactly the pairs of `align_logits` and `loss_mask` (audiocraft's `revert_pattern_logits` with
+    `padding_mask & model_output.mask`): `masked_codebook_ce(logits[:, :, :T], *delayed_targets(...))` equals
+    `masked_codebook_ce(align_logits(logits)[0], codes, loss_mask(...))`, without moving the logits.
+
+    Args:
+        codes: Integer codes `[B, K, T]`.
+        valid_frames: Integer tensor `[B]`, real frames per sample (the rest is padding, excluded).
+        delays: Per-codebook delays, non-decreasing and starting at 0.
+
+    Returns:
+        `(targets, mask)`: long `[B, K, T]` (0 where masked) and bool `[B, K, T]`, on the device of `codes`.
+    """
+    if codes.dim() != 3:
+        raise ValueError(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
+    B, K, T = codes.shape
+    _check_delays(delays, K)
+    steps = torch.arange(T, device=codes.device)  # [T]
+    frame = steps[None, :] - delay_tensor(delays, codes.device)[:, None]  # [K, T]: the frame each step predicts
+    targets = torch.gather(codes.long(), 2, frame.clamp(min=0)[None].expand(B, K, T))  # [B, K, T]
+    real = frame[None] < valid_frames.to(codes.device)[:, None, None]  # [B, K, T]
+    mask = (frame >= 0)[None] & real  # [B, K, T]
+    return torch.where(mask, targets, 0), mask
 
 
 def padding_mask(valid_frames: torch.Tensor, T: int) -> torch.Tensor:

@@ -46,13 +46,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        """One EMA step towards the current weights."""
+        """One EMA step towards the current weights: `ema += w * (param - ema)`, one foreach lerp for all."""
         self.count = self.count * self.decay + 1
-        w = 1.0 / self.count
+        w = 1.0 / self.count  # a host float: the count never lives on the device
         for k, p in self.params.items():
             if self.shadow[k].device != p.device:  # the module moved to its device after the EMA was made
                 self.shadow[k] = self.shadow[k].to(p.device)
-            self.shadow[k].mul_(1 - w).add_(p.detach().float(), alpha=w)
+        shadows = list(self.shadow[k] for k in self.params)
+        weights = [p.detach() if p.dtype == torch.float32 else p.detach().float() for p in self.params.values()]
+        # ema * (1 - w) + param * w, as audiocraft's ModuleDictEMA, in one kernel per device and dtype group.
+        torch._foreach_lerp_(shadows, weights, w)
 
     @contextmanager
     def swapped(self) -> Iterator[None]:

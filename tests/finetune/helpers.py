@@ -34,13 +34,15 @@ class BatchRecorder(L.Callback):
 
 
 class NaNInjector(L.Callback):
-    """Poisons the gradients at the given optimizer steps, as an fp16 overflow or a bad batch would."""
+    """Poisons the gradients at the given optimizer steps, as an fp16 overflow or a bad batch would (on one rank
+    only, when `rank` is given: under DDP that is after the gradient all-reduce, so the other ranks' stay finite)."""
 
-    def __init__(self, steps: list[int]) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None) -> None:
         self.steps = set(steps)
+        self.rank = rank
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step in self.steps:
+        if trainer.global_step in self.steps and self.rank in (None, trainer.global_rank):
             for p in pl_module.parameters():
                 if p.grad is not None:
                     p.grad.fill_(float("nan"))
@@ -144,6 +146,35 @@ class WeightRecorder(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
         torch.save(weights, self.out_dir / f"step{trainer.global_step}.pt")
+
+
+class StateRecorder(L.Callback):
+    """Saves the trainable weights and the optimizer state after the given optimizer steps, per rank, to
+    `out_dir/rank{R}-step{N}.pt` (N = the trainer's step count after the step)."""
+
+    def __init__(self, out_dir: str, steps: list[int]) -> None:
+        self.out_dir = Path(out_dir)
+        self.steps = set(steps)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
+        if trainer.global_step not in self.steps:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        state = {"weights": weights, "optimizer": trainer.optimizers[0].state_dict()}
+        torch.save(state, self.out_dir / f"rank{trainer.global_rank}-step{trainer.global_step}.pt")
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two `StateRecorder` files hold the same weights and optimizer state, exactly."""
+    assert a["weights"].keys() == b["weights"].keys()
+    for name, value in a["weights"].items():
+        assert torch.equal(value, b["weights"][name]), name
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for index, entry in sa.items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[index][key])), (index, key)
 
 
 class SignalAt(L.Callback):

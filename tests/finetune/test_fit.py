@@ -155,13 +155,27 @@ def test_kill_9_and_resume_reaches_the_uninterrupted_weights(tmp_path: Path, tin
 @pytest.mark.slow
 def test_two_process_ddp_trains_with_disjoint_data_and_shared_cfg(tmp_path: Path, tiny_lm_dir: Path,
                                                                   mono_shards: Path) -> None:
-    record = tmp_path / "record"
+    """Two gloo ranks: disjoint samples, the same CFG draws, and a step whose gradients are non-finite on rank 1
+    only (poisoned after the all-reduce) skipped by both ranks, leaving weights and AdamW state untouched."""
+    from tests.finetune.helpers import assert_same_state
+
+    record, states = tmp_path / "record", tmp_path / "states"
     out = run_cli(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "run",
                            "--trainer.logger", "false", "--trainer.max_steps", "6", "--trainer.devices", "2",
                            "--trainer.strategy", "ddp", "--model.cfg_dropout", "0.5",
                            "--trainer.callbacks+=tests.finetune.helpers.BatchRecorder",
-                           "--trainer.callbacks.out_dir", str(record)))
+                           "--trainer.callbacks.out_dir", str(record),
+                           "--trainer.callbacks+=tests.finetune.helpers.NaNInjector",
+                           "--trainer.callbacks.steps", "[3]", "--trainer.callbacks.rank", "1",
+                           "--trainer.callbacks+=tests.finetune.helpers.StateRecorder",
+                           "--trainer.callbacks.out_dir", str(states), "--trainer.callbacks.steps", "[3, 4, 5]"))
     assert out.returncode == 0, out.stderr[-3000:]
+    saved = {(r, n): torch.load(states / f"rank{r}-step{n}.pt", weights_only=True) for r in (0, 1) for n in (3, 4, 5)}
+    for r in (0, 1):
+        assert_same_state(saved[r, 3], saved[r, 4])  # the 4th step (global_step 3 in backward) was skipped
+        with pytest.raises(AssertionError):
+            assert_same_state(saved[r, 4], saved[r, 5])  # and training went on
+    assert_same_state(saved[0, 5], saved[1, 5])  # the ranks stayed in lockstep
     rows = {r: [json.loads(x) for x in (record / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     assert [x["step"] for x in rows[0]] == [x["step"] for x in rows[1]] == list(range(1, 7))
     assert {x["world_size"] for x in rows[0] + rows[1]} == {2}

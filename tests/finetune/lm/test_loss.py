@@ -244,3 +244,32 @@ def test_validation_sums_give_the_training_loss_per_codebook() -> None:
     _, per_codebook = masked_codebook_ce(logits, targets, mask)
     torch.testing.assert_close(sums[0] / sums[1], per_codebook)
     assert torch.equal(sums[1], mask.sum(dim=(0, 2)).float())
+
+
+@pytest.mark.parametrize("K, channels", [(4, 1), (8, 2)])
+def test_codes_moved_to_the_step_grid_give_the_aligned_loss_and_gradients(K: int, channels: int) -> None:
+    """Training scores the first T logit steps against `delayed_targets`; that must be audiocraft's loss on logits
+    reverted to the frame grid (`align_logits` + `loss_mask`), with the same gradient on the raw logits (float32
+    rounding of a different summation order apart: rtol 1e-6)."""
+    from finetune.lm.patterns import delayed_targets
+
+    B, T = 3, 11
+    delays = delays_for(K, channels)
+    g = torch.Generator().manual_seed(5)
+    raw = (3 * torch.randn(B, K, T + 1, CARD, generator=g)).requires_grad_(True)  # [B, K, S, card]
+    codes = torch.randint(0, CARD, (B, K, T), generator=g)
+    assert len(codes.unique()) > CARD // 2  # informative codes: a shifted target scores differently
+    valid = torch.tensor([T, 7, 4])  # padding too
+
+    aligned, _ = align_logits(raw, delays)
+    reference, ref_per_codebook = masked_codebook_ce(aligned, codes, loss_mask(valid, delays, T))
+    (ref_grad,) = torch.autograd.grad(reference, raw)
+    targets, mask = delayed_targets(codes, valid, delays)
+    loss, per_codebook = masked_codebook_ce(raw[:, :, :T], targets, mask)
+    (grad,) = torch.autograd.grad(loss, raw)
+
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=0)
+    torch.testing.assert_close(per_codebook, ref_per_codebook, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-9)
+    assert torch.equal(mask.sum(dim=(0, 2)), loss_mask(valid, delays, T).sum(dim=(0, 2)))  # the same token counts
+    assert (grad[:, :, T] == 0).all()  # the last step predicts the dropped tail

@@ -82,9 +82,9 @@ def test_inputs_and_loss_match_audiocraft(tiny_lm_dir: Path, name: str) -> None:
 
     handle = module.model.decoder.register_forward_hook(grab, with_kwargs=True)
     batch = _batch(module.num_codebooks, 20, module.is_melody)
-    logits, mask = module(batch, train=True)
+    logits, targets, mask = module(batch, train=True)
     handle.remove()
-    loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
+    loss, _ = masked_codebook_ce(logits, targets, mask)
 
     b, k, t = batch["codes"].shape
     expected_inputs = audiocraft_inputs(batch["codes"], module.delays, batch["valid_frames"])
@@ -122,10 +122,10 @@ def test_cfg_dropped_batch_gets_audiocrafts_one_token_null_text(tiny_lm_dir: Pat
     prefix = melody.conditions(mbatch, train=True)
     assert prefix.shape[:2] == (3, 5 + 1) and not prefix.abs().sum()
     # The decoder sees exactly audiocraft's prefix: the same logits as a hand-built [B, 6, D] zero prefix.
-    logits, _ = melody(mbatch, train=True)
+    logits, _, _ = melody(mbatch, train=True)
     melody.conditions = lambda batch, train: torch.zeros(3, 6, prefix.shape[2])
-    reference, _ = melody(mbatch, train=True)
-    torch.testing.assert_close(logits, reference, rtol=0, atol=0, equal_nan=True)  # NaN: outside the pattern
+    reference, _, _ = melody(mbatch, train=True)
+    torch.testing.assert_close(logits, reference, rtol=0, atol=0)
 
 
 def test_word_dropout_draws_anew_for_each_micro_batch_and_reproducibly(tiny_lm_dir: Path, tmp_path: Path) -> None:
@@ -181,8 +181,8 @@ def test_tiny_stereo_melody_overfits_a_few_samples(tiny_lm_dir: Path) -> None:
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95))
     losses = []
     for _ in range(60):
-        logits, mask = module(batch, train=True)
-        loss, _ = masked_codebook_ce(logits, batch["codes"], mask)
+        logits, targets, mask = module(batch, train=True)
+        loss, _ = masked_codebook_ce(logits, targets, mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -200,8 +200,7 @@ def test_lora_trains_only_adapters(tiny_lm_dir: Path) -> None:
 
     opt = torch.optim.AdamW(list(trainable.values()), lr=1e-2)
     for _ in range(3):
-        logits, mask = module(_batch(4, 12, False), train=True)
-        loss, _ = masked_codebook_ce(logits, _batch(4, 12, False)["codes"], mask)
+        loss, _ = masked_codebook_ce(*module(_batch(4, 12, False), train=True))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -262,3 +261,54 @@ def test_atomic_checkpoint_io_round_trip_and_refuses_pickles(tmp_path: Path) -> 
 
     with pytest.raises(pickle.UnpicklingError):
         io.load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def _fit(module: MusicGenLM, root: Path, steps: int, **trainer_args) -> MusicGenLM:
+    import lightning as L
+
+    batches = [_batch(4, 12, False, seed=i) for i in range(steps)]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda x: x)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=root, **trainer_args)
+    trainer.fit(module, train_dataloaders=loader)
+    return module
+
+
+def _weights(module: MusicGenLM) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module._trainable().items()}
+
+
+def test_clipping_by_the_steps_own_norm_equals_lightnings_clip_grad_norm(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """The module clips with the norm it computed for the non-finite check; the weights must be those of Lightning's
+    own clipping (`clip_grad_norm_`, which computes the norm again), to float32 rounding. The clip value is low
+    enough to clip every step: without clipping the weights differ."""
+    import lightning as L
+
+    class LightningClips(MusicGenLM):
+        configure_gradient_clipping = L.LightningModule.configure_gradient_clipping
+
+    settings = {"cfg_dropout": 0.0, "word_dropout": 0.0, "ema_decay": None, "warmup_steps": 1, "lr": 1e-2}
+    path = str(tiny_lm_dir / "musicgen-small")
+    ours = _weights(_fit(MusicGenLM(path, **settings), tmp_path / "a", 3, gradient_clip_val=0.05))
+    theirs = _weights(_fit(LightningClips(path, **settings), tmp_path / "b", 3, gradient_clip_val=0.05))
+    unclipped = _weights(_fit(MusicGenLM(path, **settings), tmp_path / "c", 3))
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(ours[n], unclipped[n]) for n in ours)
+
+
+def test_a_non_finite_step_leaves_weights_and_optimizer_state_untouched(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """Gradients poisoned at step 2: the state after step 3 (which skipped) is exactly that after step 2, AdamW's
+    moments and step count included; the steps around it do move."""
+    from tests.finetune.helpers import NaNInjector, StateRecorder, assert_same_state
+
+    module = MusicGenLM(str(tiny_lm_dir / "musicgen-small"), ema_decay=0.9, ema_every=1, warmup_steps=1)
+    record = tmp_path / "state"
+    _fit(module, tmp_path, 4, gradient_clip_val=1.0,
+         callbacks=[NaNInjector([2]), StateRecorder(str(record), [1, 2, 3, 4])])
+    states = {n: torch.load(record / f"rank0-step{n}.pt", weights_only=True) for n in (1, 2, 3, 4)}
+    assert_same_state(states[2], states[3])
+    for a, b in ((1, 2), (3, 4)):
+        with pytest.raises(AssertionError):
+            assert_same_state(states[a], states[b])
+    assert module._nonfinite_total == 1
