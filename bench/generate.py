@@ -1,6 +1,7 @@
 """Sampling speed: mgft's sampler against transformers' `generate`, same real-size model, prompt and length.
 
     python bench/generate.py [--model musicgen-small] [--seconds 2] [--batch-size 1] [--repeat 3] [--device cpu]
+    python bench/generate.py --size tiny --seconds 0.5 --repeat 1     # a dry run with the test models
 
 Both run classifier-free guidance 3.0 batched with the unconditional half, top-k 250, a KV cache, and the same number
 of decoder steps (frames + the pattern's largest delay), on real-size random weights (`mgft tiny-models --size real`,
@@ -11,6 +12,7 @@ the ratio mgft / transformers (below 1.0: mgft is faster). Random weights cost w
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -41,8 +43,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", type=Path, default=OUT / "real",
-                        help="folder holding (or receiving) the real-size random-weight models")
+    parser.add_argument("--size", choices=["real", "tiny"], default="real",
+                        help="tiny: the test models, written to a temporary folder (a dry run of the script)")
     args = parser.parse_args()
     if args.seconds <= 0 or args.batch_size < 1 or args.repeat < 1:
         parser.error("--seconds must be > 0, --batch-size and --repeat >= 1")
@@ -53,10 +55,11 @@ def main() -> None:
     from finetune.inference.sampler import Sampler
     from testkit.tiny_models import tiny_models
 
-    path = args.models / args.model
+    root = OUT / "real" if args.size == "real" else Path(tempfile.mkdtemp())
+    path = root / args.model
     if not path.exists():
-        print(f"writing the real-size random-weight {args.model} to {args.models} (once)")
-        tiny_models(str(args.models), size="real", only=[args.model])
+        print(f"writing the {args.size}-size random-weight {args.model} to {root} (once)")
+        tiny_models(str(root), size=args.size, only=[args.model])
     model = MusicgenForConditionalGeneration.from_pretrained(path).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = [f"an upbeat electronic track number {i} with a plucked lead" for i in range(args.batch_size)]
@@ -79,7 +82,7 @@ def main() -> None:
         ours = _best_of(mgft, args.repeat, args.device) / steps
         theirs = _best_of(transformers_generate, args.repeat, args.device) / steps
     n = sum(p.numel() for p in model.decoder.parameters())
-    print(f"{args.model} (real size, decoder {n / 1e6:.0f}M params, random weights), batch {args.batch_size} x "
+    print(f"{args.model} ({args.size} size, decoder {n / 1e6:.0f}M params, random weights), batch {args.batch_size} x "
           f"{args.seconds:g} s ({steps} decoder steps, CFG batched), device {args.device}, "
           f"torch threads {torch.get_num_threads()}, best of {args.repeat}")
     print(f"  mgft Sampler.generate      : {1000 * ours:8.2f} ms/step")

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--bottleneck", choices=["transformer", "bilstm", "none"], default="transformer")
     parser.add_argument("--steps", type=int, default=20, help="U-Net evaluations per band (audiocraft: 20)")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--size", choices=["real", "tiny"], default="real",
+                        help="codec and band U-Nets (tiny: the test models, a dry run of the script)")
     args = parser.parse_args()
 
     from transformers import EncodecModel
@@ -49,13 +51,18 @@ def main() -> None:
     from data_prep.codec import quantized_latent
     from finetune.mbd.decoder import BAND_PROCESSORS, BandConfig, BandModel, MultiBandDiffusion
     from finetune.mbd.unet import UnetConfig, count_parameters
-    from testkit.tiny_models import write_encodec
+    from testkit.tiny_models import build_encodec, mbd_unet_config, write_encodec
 
-    codec_dir = OUT / "real" / "encodec_32khz"
-    if not codec_dir.exists():
-        write_encodec(codec_dir, "real")
-    codec = EncodecModel.from_pretrained(codec_dir).eval().to(args.device)
-    unet = UnetConfig(codec_dim=128, transformer=args.bottleneck == "transformer", bilstm=args.bottleneck == "bilstm")
+    if args.size == "real":
+        codec_dir = OUT / "real" / "encodec_32khz"
+        if not codec_dir.exists():
+            write_encodec(codec_dir, "real")
+        codec = EncodecModel.from_pretrained(codec_dir).eval().to(args.device)
+        unet = UnetConfig(codec_dim=128, transformer=args.bottleneck == "transformer",
+                          bilstm=args.bottleneck == "bilstm")
+    else:
+        codec = build_encodec("tiny", 0).eval().to(args.device)
+        unet = mbd_unet_config("tiny")
     torch.manual_seed(0)
     bands = [BandModel(BandConfig(band=i, unet=unet, processor=p)) for i, p in enumerate(BAND_PROCESSORS)]
     for band in bands:  # near-identity normalizer statistics, so the high bands decode

@@ -57,12 +57,12 @@ def time_by_layer_type(module: torch.nn.Module, run) -> dict[str, float]:
     return totals
 
 
-def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -> None:
+def bench_encodec(seconds: float, segments: int, batch_size: int, device: str, size: str = "real") -> None:
     from data_prep.codec import CodecEncoder
     from testkit.tiny_models import build_encodec
 
     # Random weights, codebooks from k-means over the encoder's latents (zero codebooks would make the RVQ trivial).
-    model = build_encodec("real", 0).to(device).eval().requires_grad_(False)
+    model = build_encodec(size, 0).to(device).eval().requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
     n = int(seconds * 32000)
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (segments, 1, n)).astype(np.float32)
@@ -79,7 +79,7 @@ def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -
         t_q = _timed(lambda: model.quantizer.encode(emb, 2.2))
         layers = model.encoder.layers if hasattr(model.encoder, "layers") else model.encoder
         by_type = time_by_layer_type(layers, lambda: model.encoder(x1))
-    print(f"EnCodec 32 kHz real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s, device {device}, "
+    print(f"EnCodec 32 kHz {size} size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s, device {device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"  one segment at a time : {single:7.2f} s  -> {total_audio / single:6.2f} x real time")
     print(f"  batched (B={batch_size:<3d})       : {batched:7.2f} s  -> {total_audio / batched:6.2f} x real time"
@@ -91,7 +91,7 @@ def bench_encodec(seconds: float, segments: int, batch_size: int, device: str) -
         f"{k} {100 * v / total:.0f}%" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])))
 
 
-def bench_stems(seconds: float, segments: int, device: str) -> None:
+def bench_stems(seconds: float, segments: int, device: str, size: str = "real") -> None:
     import julius
     from demucs.apply import apply_model
     from demucs.htdemucs import HTDemucs
@@ -100,7 +100,7 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
     from data_prep.stems import melody_stems
     from testkit.tiny_configs import htdemucs_kwargs
 
-    model = HTDemucs(**htdemucs_kwargs("real")).to(device).eval()
+    model = HTDemucs(**htdemucs_kwargs(size)).to(device).eval()
     params = sum(p.numel() for p in model.parameters())
     extractor = ChromaExtractor().to(device)
     n = int(seconds * 32000)
@@ -119,7 +119,7 @@ def bench_stems(seconds: float, segments: int, device: str) -> None:
         t_sep = _timed(lambda: apply_model(model, up, shifts=1, split=True, overlap=0.25, device=device), repeat=1)
         mono = wav[:, 0]
         t_chroma = _timed(lambda: extractor(mono))
-    print(f"HTDemucs real size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s stereo, device {device}")
+    print(f"HTDemucs {size} size ({params / 1e6:.1f}M params), {segments} x {seconds:g} s stereo, device {device}")
     print(f"  stems (vocals+other)  : {t_stems:7.2f} s  -> {total_audio / t_stems:6.2f} x real time (stereo input)")
     print(f"  stems of the mean     : {t_stems_mono:7.2f} s  -> {total_audio / t_stems_mono:6.2f} x real time "
           f"(mono input, what prep runs; ratio {t_stems_mono / t_stems:.2f})")
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--stems-segments", type=int, default=2, help="HTDemucs segments (slow on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-stems", action="store_true")
+    parser.add_argument("--size", choices=["real", "tiny"], default="real",
+                        help="EnCodec and HTDemucs architectures (tiny: a dry run of the script)")
     parser.add_argument("--long-minutes", type=float, default=None,
                         help="instead: peak RSS of prepping one file this long")
     parser.add_argument("--codec-size", choices=["tiny", "real"], default="tiny", help="EnCodec for --long-minutes")
@@ -197,9 +199,9 @@ def main() -> None:
     if args.long_minutes:
         bench_long_track(args.long_minutes, args.codec_size, args.batch_size)
         return
-    bench_encodec(args.seconds, args.segments, args.batch_size, args.device)
+    bench_encodec(args.seconds, args.segments, args.batch_size, args.device, args.size)
     if not args.skip_stems:
-        bench_stems(args.seconds, args.stems_segments, args.device)
+        bench_stems(args.seconds, args.stems_segments, args.device, args.size)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Literal
 
 from data_prep.schema import SPECIAL_TOKEN_ID
 from testkit.tiny_configs import (
+    BENCH_ONLY_NAMES,
     MUSICGEN_NAMES,
     TINY_T5_VOCAB_SIZE,
     Size,
@@ -498,9 +499,9 @@ def tiny_models(
     if isinstance(only, str):
         only = [name.strip() for name in only.split(",") if name.strip()]
     names = list(ALL_NAMES) if not only else list(dict.fromkeys(only))
-    unknown = [n for n in names if n not in ALL_NAMES]
+    unknown = [n for n in names if n not in ALL_NAMES + BENCH_ONLY_NAMES]
     if unknown:
-        raise ValueError(f"unknown model name(s) {unknown}; expected some of {list(ALL_NAMES)}")
+        raise ValueError(f"unknown model name(s) {unknown}; expected some of {list(ALL_NAMES + BENCH_ONLY_NAMES)}")
     root = Path(out)
     written: dict[str, str] = {}
     for name in names:

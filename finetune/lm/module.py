@@ -73,6 +73,7 @@ class MusicGenLM(L.LightningModule):
         freeze: list[str] | None = None,
         mono_to_stereo: bool = False,
         gradient_checkpointing: bool = False,
+        compile: bool = False,
         max_nonfinite_steps: int = 5,
         seed: int = 0,
         audiocraft_base: str | None = None,
@@ -101,6 +102,9 @@ class MusicGenLM(L.LightningModule):
             freeze: Name prefixes of parameters to freeze in a full fine-tune (e.g. decoder.model.decoder.embed_tokens).
             mono_to_stereo: Initialize a stereo model from a mono checkpoint (codebook k takes mono's k // 2).
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
+            compile: `torch.compile` each decoder layer when training starts (regional compilation, as torchtune
+                does: the layers share one compiled graph, so compile time does not grow with depth). For GPUs;
+                the first steps pay the compilation (bench/gpu.sh measures both).
             max_nonfinite_steps: Stop after this many consecutive steps with non-finite loss or gradients.
             seed: Seed of the batch-level condition dropouts (identical on every rank).
             audiocraft_base: When `pretrained` is an audiocraft export (state_dict.bin), the transformers MusicGen
@@ -140,6 +144,7 @@ class MusicGenLM(L.LightningModule):
         self._step_skipped = False
         self._grad_norm: torch.Tensor | None = None  # this step's global norm, reused by the gradient clipping
         self._sharded = False
+        self._compiled = False
         self._micro_batch = 0  # which micro-batch of the optimizer step (gradient accumulation) is in flight
         self._last_step_time: float | None = None
         self._val_sums: torch.Tensor | None = None
@@ -193,11 +198,18 @@ class MusicGenLM(L.LightningModule):
         return self._sharded
 
     def configure_model(self) -> None:
-        """Under a model-parallel strategy, shard the decoder with FSDP2 and rebuild the EMA from the shards.
+        """Compile the decoder layers (`compile`), and under a model-parallel strategy shard them with FSDP2.
 
         Lightning calls this once the process group and device mesh exist; without a mesh (single device, DDP) it
-        does nothing. The EMA must be rebuilt: `fully_shard` replaces the parameter objects the EMA was made from.
+        only compiles. Layers are compiled before they are sharded, as torchtitan orders it. The EMA must be
+        rebuilt after sharding: `fully_shard` replaces the parameter objects the EMA was made from.
         """
+        if self.hparams.compile and not self._compiled:
+            from finetune.training.fsdp import decoder_layers
+
+            for layer in decoder_layers(self.model):
+                layer.compile()
+            self._compiled = True
         mesh = self.device_mesh
         if mesh is None or self._sharded:
             return

@@ -312,3 +312,30 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_state_untouched(tiny_lm_
         with pytest.raises(AssertionError):
             assert_same_state(states[a], states[b])
     assert module._nonfinite_total == 1
+
+
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """`compile: true` compiles each decoder layer (inductor, here on CPU) in `configure_model`: the loss and the
+    gradients of a batch must be the eager ones up to kernel differences (rtol 1e-5 and 1e-3), and `mgft fit`'s
+    trainer must run with it."""
+    from finetune.lm.loss import masked_codebook_ce
+    from finetune.training.fsdp import decoder_layers
+
+    settings = {"cfg_dropout": 0.0, "word_dropout": 0.0, "ema_decay": None}
+    path = str(tiny_lm_dir / "musicgen-small")
+    eager, compiled = MusicGenLM(path, **settings), MusicGenLM(path, compile=True, **settings)
+    compiled.configure_model()
+    assert all(layer._compiled_call_impl is not None for layer in decoder_layers(compiled.model))
+    batch = _batch(4, 12, False)
+    losses, grads = [], []
+    for module in (eager, compiled):
+        torch.manual_seed(0)
+        loss, _ = masked_codebook_ce(*module(batch, train=True))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in module._trainable().items()})
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-3, atol=1e-6, msg=name)
+    _fit(MusicGenLM(path, compile=True, **settings), tmp_path, 2)  # the trainer path compiles and steps
