@@ -3,11 +3,12 @@ r"""`mgft prep`: a licensed catalog becomes EnCodec (+ chroma, + audio) webdatas
     mgft prep --input CATALOG_DIR_OR_CSV --output SHARDS --codec facebook/encodec_32khz \
         [--channels 2] [--segment-seconds 30] [--melody --demucs htdemucs] [--keep-audio] \
         [--license CC-BY-4.0] [--allowed-licenses CC0-1.0,CC-BY-4.0] [--device cuda] [--batch-size 16] \
-        [--workers 4] [--rank R --world-size W]
+        [--workers 4] [--rank R --world-size W] [--val-fraction 0.1 --split-by artist]
 
 A track's path through prep: scan (catalog.py) -> this rank's share (by size hash) -> worker: hash, sidecar/tags,
 license, decode, validate, resample to 32 kHz, channels (audio.py) -> main process: duplicate check, segment, EnCodec
-(tokens.py), stems + chroma (stems.py, chroma.py) -> shard writer + journal (shards.py) -> merge (merge.py).
+(tokens.py), stems + chroma (stems.py, chroma.py) -> shard writer + journal (shards.py) -> merge (merge.py). With
+--val-fraction the scanned catalog is first split by artist, album or track (split.py) into OUT/train and OUT/val.
 Killed at any point and rerun with the same command, it finishes with exactly the samples of an uninterrupted run.
 """
 
@@ -47,6 +48,7 @@ from data_prep.shards import (
     journal_path,
     read_journal,
 )
+from data_prep.split import SplitBy
 
 CONFIG_FILE = "prep_config.json"
 MIN_SEGMENT_SECONDS = 1.0
@@ -78,6 +80,9 @@ class PrepSettings:
     # EnCodec's call shape [batch_size, 1, N]: codes depend on it at float precision (kernels chosen per shape), so a
     # resumed run or another rank must encode with the same one.
     batch_size: int = 2
+    # A split output (OUT/train, OUT/val) records its split in both halves: a rerun must split the same way.
+    val_fraction: float = 0.0
+    split_by: str | None = None
     schema_version: int = SCHEMA_VERSION
 
 
@@ -104,6 +109,8 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
         previous.update({k: local_or_hub(previous[k]) for k in ("codec", "demucs") if previous.get(k)})
         # Older outputs did not record the EnCodec batch; 8 was the default then.
         previous.setdefault("batch_size", 8)
+        previous.setdefault("val_fraction", 0.0)  # and were never split
+        previous.setdefault("split_by", None)
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -352,6 +359,8 @@ def prep(
     world_size: int | None = None,
     shard_max_samples: int = 1000,
     shard_max_mb: float = 1024.0,
+    val_fraction: float = 0.0,
+    split_by: SplitBy = "artist",
 ) -> dict[str, Any]:
     """Turn a licensed catalog into webdataset shards of EnCodec codes, with chroma and audio on request.
 
@@ -380,13 +389,15 @@ def prep(
         world_size: Number of tasks splitting the catalog (default: SLURM_ARRAY_TASK_COUNT, else 1).
         shard_max_samples: Close a shard once it holds this many samples (tracks are never split).
         shard_max_mb: Close a shard once it holds this many megabytes.
+        val_fraction: Split the catalog: this share of its tracks goes to `OUTPUT/val`, the rest to `OUTPUT/train`,
+            two complete prep outputs (for `data.val_shards` and `data.shards`). 0: no split, one output.
+        split_by: What never appears on both sides of the split: an artist, an album (of an artist, from the
+            sidecar or catalog row's `album`), or only a track. Tracks without the field are split alone.
 
     Returns:
         The merged stats when this call produced them (one rank, or the last of several to finish), else this
-        rank's counts.
+        rank's counts; split, `{"train": ..., "val": ...}` of those.
     """
-    from data_prep.merge import format_summary, merge_if_complete
-
     if channels not in (1, 2):
         raise ValueError(f"--channels must be 1 or 2, got {channels}")
     if not segment_seconds >= MIN_SEGMENT_SECONDS:
@@ -405,6 +416,10 @@ def prep(
         raise ValueError(f"--min-seconds must be 0 or more, got {min_seconds}")
     if melody and not demucs:
         raise ValueError("--melody needs --demucs (a model name such as htdemucs, or a local folder)")
+    if val_fraction and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive; 0: no split), got {val_fraction}")
+    if split_by not in ("artist", "album", "track"):
+        raise ValueError(f"--split-by must be artist, album or track, got {split_by!r}")
     input_path = Path(input).resolve()
     if not input_path.exists():
         raise ValueError(f"--input {input} does not exist")
@@ -431,11 +446,47 @@ def prep(
         shard_max_samples=shard_max_samples,
         shard_max_mb=float(shard_max_mb),
         batch_size=batch_size,
+        val_fraction=float(val_fraction),
+        split_by=split_by if val_fraction else None,
     )
     out_dir = Path(output)
+    check_split_layout(out_dir, bool(val_fraction))
+    if not val_fraction:
+        return _prep_into(out_dir, all_tracks, settings, rank, world_size, device, workers)
+
+    from data_prep.split import SPLITS, split_catalog
+
+    def metadata_of(track: Track) -> dict[str, Any] | None:
+        if track.problem is not None:
+            return None
+        try:
+            return describe_track(track, settings).metadata
+        except Exception:  # noqa: BLE001 -- rejected later with its reason; here it is only split on its own
+            return None
+
+    sides = split_catalog(all_tracks, val_fraction, split_by, metadata_of)
+    print(f"split by {split_by}: {len(sides['train'])} tracks to {out_dir / 'train'}, {len(sides['val'])} to "
+          f"{out_dir / 'val'}")
+    return {name: _prep_into(out_dir / name, sides[name], settings, rank, world_size, device, workers)
+            for name in SPLITS}
+
+
+def check_split_layout(out_dir: Path, split: bool) -> None:
+    """Refuse to mix a split output (OUT/train, OUT/val) and an unsplit one (shards in OUT) in one folder."""
+    if split and (out_dir / "prep_config.json").exists():
+        raise ValueError(f"{out_dir} holds a prep without a split; use a new --output for --val-fraction")
+    if not split and (out_dir / "train" / "prep_config.json").exists():
+        raise ValueError(f"{out_dir} holds a split prep (train/, val/): rerun with its --val-fraction and "
+                         "--split-by to resume it, or use a new --output")
+
+
+def _prep_into(out_dir: Path, all_tracks: list[Track], settings: PrepSettings, rank: int, world_size: int,
+               device: str, workers: int) -> dict[str, Any]:
+    """Prep `all_tracks` (this rank's share of them) into one output folder, resuming what it holds."""
+    from data_prep.merge import format_summary, merge_if_complete
+
     out_dir.mkdir(parents=True, exist_ok=True)
     check_settings(out_dir, settings)
-
     tracks = partition(all_tracks, rank, world_size)
     jpath = journal_path(out_dir, rank)
     state = read_journal(jpath, repair=True)
@@ -451,7 +502,7 @@ def prep(
     if stats is not None:
         print(format_summary(stats))
         return stats
-    print(f"rank {rank}/{world_size}: {counts}; merge runs when every rank is done (or: mgft prep-merge {output})")
+    print(f"rank {rank}/{world_size}: {counts}; merge runs when every rank is done (or: mgft prep-merge {out_dir})")
     return counts
 
 
