@@ -51,7 +51,10 @@ class MgftCLI(LightningCLI):
         root = cfg.trainer.get("default_root_dir") or os.getcwd()
         resolve_ckpt_path(cfg, Path(root) / "checkpoints")
         if self.model_class is MusicGenLM and cfg.data.get("shards"):
-            check_shards_fit_model(cfg.model, cfg.data.shards)
+            from finetune.lm.data import shard_sets
+
+            for spec, _ in shard_sets(cfg.data.shards):  # each set of a weighted mix
+                check_shards_fit_model(cfg.model, spec)
         loggers = cfg.trainer.get("logger")
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             init_args = getattr(logger, "init_args", None)

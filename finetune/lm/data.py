@@ -396,6 +396,39 @@ class SkipCounter:
             )
 
 
+def shard_sets(shards: str | dict[str, float]) -> list[tuple[str, float]]:
+    """The train shard sets and their sampling weights (summing to 1): one set, or a weighted mix of several.
+
+    Args:
+        shards: One set (a folder, glob or pattern: `resolve_shards`), or `{set: weight}` to mix sets, e.g.
+            `{data/catalog: 0.8, data/general: 0.2}` (a lab's catalog with general music, against forgetting).
+
+    Raises:
+        ValueError: An empty mix, or a weight that is not a positive number.
+    """
+    if isinstance(shards, str):
+        return [(shards, 1.0)]
+    if not shards:
+        raise ValueError("data.shards: an empty mix; give a folder, or {folder: weight, ...}")
+    for spec, weight in shards.items():
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+            raise ValueError(f"data.shards: the weight of {spec!r} must be a positive number, got {weight!r}")
+    total = float(sum(shards.values()))
+    return [(spec, weight / total) for spec, weight in shards.items()]
+
+
+def weighted_mix(sources: list[Iterator[dict[str, Any]]], weights: list[float],
+                 rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Each sample from source i with probability `weights[i]`, drawn with `rng`; the sources are endless.
+
+    webdataset's `RandomMix` does this with the global `random` module, which no seed here controls, so a resumed
+    run would not draw the mix the uninterrupted run drew; this is the same draw from the stream's own generator.
+    """
+    indices = range(len(sources))
+    while True:
+        yield next(sources[rng.choices(indices, weights)[0]])
+
+
 def _decoded(
     src: Iterable[dict[str, Any]], counter: SkipCounter, require_chroma: bool
 ) -> Iterator[dict[str, Any]]:
@@ -420,7 +453,7 @@ class TrainStream(IterableDataset):
     """The infinite, resampled, shuffled and augmented train stream of one rank (each worker draws its own).
 
     Args:
-        urls: Shard URLs.
+        urls: Shard URLs of each set (one list; several for a weighted mix).
         rank: Global rank.
         world_size: Number of ranks; the shards are split over ranks x workers (`split_for_stream`).
         seed: Base seed.
@@ -434,11 +467,12 @@ class TrainStream(IterableDataset):
         require_chroma: Missing chroma is an error.
         max_skipped_fraction: See `SkipCounter`.
         skip_check_after: See `SkipCounter`.
+        weights: Sampling weight of each set of `urls` (default: one set).
     """
 
     def __init__(
         self,
-        urls: list[str],
+        urls: list[list[str]],
         rank: int,
         world_size: int,
         seed: int,
@@ -452,9 +486,13 @@ class TrainStream(IterableDataset):
         require_chroma: bool,
         max_skipped_fraction: float,
         skip_check_after: int,
+        weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.urls = urls
+        self.weights = weights or [1.0]
+        if len(self.weights) != len(urls):
+            raise ValueError(f"{len(urls)} shard sets but {len(self.weights)} weights")
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
@@ -508,20 +546,33 @@ class TrainStream(IterableDataset):
         self.local_epoch += 1
         seed = self.worker_seed(worker)
         n_streams = self.world_size * num_workers
-        urls, bucket = split_for_stream(self.urls, self.rank * num_workers + worker, n_streams)
-        counter = SkipCounter(urls, self.max_skipped_fraction, self.skip_check_after)
-        keep = (lambda raw: _key_bucket(raw["__key__"], n_streams) == bucket) if bucket is not None else None
+        stream = self.rank * num_workers + worker
+        counter = SkipCounter([u for urls in self.urls for u in urls], self.max_skipped_fraction,
+                              self.skip_check_after)
+        # One decoded sample source per set; a single set keeps the seed it always had (runs stay reproducible).
+        sources = [self._samples(urls, stream, n_streams, seed if len(self.urls) == 1 else stream_seed(seed, "set", i),
+                                 counter) for i, urls in enumerate(self.urls)]
+        mixed = iter(sources[0]) if len(sources) == 1 else \
+            weighted_mix([iter(src) for src in sources], self.weights, random.Random(stream_seed(seed, "mix")))
         pipeline = wds.DataPipeline(
-            # The seed is ours; webdataset's own worker_seed/epoch mixing is neutralised (constant 0, fresh object).
-            wds.ResampledShards(urls, seed=seed, worker_seed=functools.partial(int, 0), deterministic=True),
-            wds.tarfile_to_samples(handler=counter.handler),
-            *([wds.select(keep)] if keep is not None else []),
-            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma),
+            lambda: mixed,
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=random.Random(seed)),
             functools.partial(self._augmented, seed=seed),
             wds.batched(self.batch_size, collation_fn=counter.collate, partial=False),
         )
         yield from itertools.islice(pipeline, drop, None)
+
+    def _samples(self, urls: list[str], stream: int, n_streams: int, seed: int, counter: SkipCounter) -> Any:
+        """The endless decoded samples of one set for this (rank, worker) stream: its shards, resampled."""
+        urls, bucket = split_for_stream(urls, stream, n_streams)
+        keep = (lambda raw: _key_bucket(raw["__key__"], n_streams) == bucket) if bucket is not None else None
+        return wds.DataPipeline(
+            # The seed is ours; webdataset's own worker_seed/epoch mixing is neutralised (constant 0, fresh object).
+            wds.ResampledShards(urls, seed=seed, worker_seed=functools.partial(int, 0), deterministic=True),
+            wds.tarfile_to_samples(handler=counter.handler),
+            *([wds.select(keep)] if keep is not None else []),
+            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma),
+        )
 
 
 class _ValSplit:
@@ -755,7 +806,8 @@ class MusicGenData(L.LightningDataModule):
     `list[str]` and `skipped` (corrupt samples skipped since the previous batch of the same worker).
 
     Args:
-        shards: Train shards: a folder of `shard-*.tar` (prep's output), a glob or a brace pattern.
+        shards: Train shards: a folder of `shard-*.tar` (prep's output), a glob or a brace pattern; or several
+            such sets with sampling weights, `{set: weight, ...}`, mixed per sample (`shard_sets`).
         val_shards: Validation shards (same forms), None for no validation.
         batch_size: Samples per batch per rank.
         num_workers: DataLoader worker processes per rank (each draws its own train stream).
@@ -775,7 +827,7 @@ class MusicGenData(L.LightningDataModule):
 
     def __init__(
         self,
-        shards: str,
+        shards: str | dict[str, float],
         val_shards: str | None = None,
         batch_size: int = 4,
         num_workers: int = 2,
@@ -806,6 +858,7 @@ class MusicGenData(L.LightningDataModule):
                         ("max_skipped_fraction", max_skipped_fraction)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.sets = shard_sets(shards)
         self.save_hyperparameters()
         self.shards = shards
         self.val_shards = val_shards
@@ -866,7 +919,8 @@ class MusicGenData(L.LightningDataModule):
         """
         env_rank, env_world = self.dist_info()
         return TrainStream(
-            resolve_shards(self.shards),
+            [resolve_shards(spec) for spec, _ in self.sets],
+            weights=[weight for _, weight in self.sets],
             rank=env_rank if rank is None else rank,
             world_size=env_world if world_size is None else world_size,
             seed=self.seed,
@@ -952,7 +1006,13 @@ class MusicGenData(L.LightningDataModule):
             FileNotFoundError: No shards.
             DataError: No readable sample, or `require_chroma` and the shards have no chroma.
         """
-        found = describe_shards(self.shards)
+        found = describe_shards(self.sets[0][0])
+        for spec, _ in self.sets[1:]:  # a mix trains one model: every set must hold what the first holds
+            other = describe_shards(spec)
+            for key in ("num_codebooks", "has_chroma", "sample_rate"):
+                if other[key] != found[key]:
+                    raise DataError(f"data.shards: {spec!r} holds {key}={other[key]} but {self.sets[0][0]!r} "
+                                    f"{key}={found[key]}; the sets of a mix must be prepped alike")
         if self.require_chroma and not found["has_chroma"]:
             raise DataError(f"require_chroma is set (melody model) but {found['first_shard']} holds no {CHROMA_KEY}: "
                             "prep with --melody")

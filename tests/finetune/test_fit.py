@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,3 +242,22 @@ def test_the_last_step_is_checkpointed_whatever_the_interval(tmp_path: Path, tin
     main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path, "--trainer.logger", "false",
                   "--trainer.max_steps", "16", "--ckpt_path", "last"))
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
+
+
+def test_fit_trains_on_a_weighted_mix_and_refuses_a_bad_one_first(
+        tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path, stereo_melody_shards: Path) -> None:
+    """`data.shards: {SET: weight, ...}` trains through `mgft fit`; every set is checked against the model before
+    anything is built: a set of the wrong channel count, or a weight of 0, stops the run naming it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(mono_shards, copy)
+    mix = json.dumps({str(mono_shards): 0.7, str(copy): 0.3})
+    main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "run", "--data.shards", mix,
+                  "--trainer.logger", "false", "--trainer.max_steps", "2"))
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    wrong = json.dumps({str(mono_shards): 0.5, str(stereo_melody_shards): 0.5})
+    with pytest.raises(ValueError, match=f"data.shards {stereo_melody_shards} hold 8 codebooks"):
+        main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "bad", "--data.shards", wrong))
+    zero = json.dumps({str(mono_shards): 1.0, str(copy): 0})
+    with pytest.raises(ValueError, match="the weight of .* must be a positive number"):
+        main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "zero", "--data.shards", zero))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "zero").exists()

@@ -54,7 +54,7 @@ def _info(key: str, valid: int, caption: str | None, with_chroma: bool, k: int) 
 
 def write_shards(
     out: Path, sizes: list[int], *, k: int = 4, chroma: bool = False, bad: dict[int, list[int]] | None = None,
-    seed: int = 0,
+    seed: int = 0, prefix: str = "track",
 ) -> dict[str, dict[str, Any]]:
     """Write `shard-r0000-NNNNNN.tar` files with `sizes[i]` samples each; `bad[i]` lists samples whose codes.npy is
     garbage. Returns {key: json info} of the good samples."""
@@ -64,7 +64,7 @@ def write_shards(
     for s, size in enumerate(sizes):
         with wds.TarWriter(str(out / shard_name(0, s))) as tar:
             for i in range(size):
-                key = sample_key(f"track{s:03d}", i)
+                key = sample_key(f"{prefix}{s:03d}", i)
                 valid = int(rng.integers(T // 2, T + 1))
                 info = _info(key, valid, f"Caption {key}.", chroma, k)
                 sample: dict[str, Any] = {"__key__": key, "json": info,
@@ -80,10 +80,10 @@ def write_shards(
     return infos
 
 
-def _dm(shards: Path, **kw: Any) -> MusicGenData:
+def _dm(shards: Path | str | dict[str, float], **kw: Any) -> MusicGenData:
     args = dict(batch_size=4, num_workers=0, steps_per_epoch=6, shuffle_buffer=16, merge_text_p=0.0)
     args.update(kw)
-    return MusicGenData(str(shards), **args)
+    return MusicGenData(shards if isinstance(shards, dict) else str(shards), **args)
 
 
 def _keys(batches: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -208,13 +208,18 @@ class _StopAfter(L.Callback):
             trainer.should_stop = True
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_run_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("workers, mix", [(0, False), (2, False), (2, True)])
+def test_a_run_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_path: Path, workers: int,
+                                                                          mix: bool) -> None:
     write_shards(tmp_path / "train", [9, 7])
+    shards: str | dict[str, float] = str(tmp_path / "train")
+    if mix:  # a weighted mix of two sets resumes exactly too
+        write_shards(tmp_path / "other", [6, 6], seed=2, prefix="other")
+        shards = {shards: 0.6, str(tmp_path / "other"): 0.4}
 
     def fit(max_steps: int, callbacks: list[L.Callback], ckpt_path: Path | None = None) -> list:
         # 5 batches per epoch with 2 workers: the resumed epoch starts on worker 1's turn.
-        dm = _dm(tmp_path / "train", num_workers=workers, steps_per_epoch=5, seed=3)
+        dm = _dm(shards, num_workers=workers, steps_per_epoch=5, seed=3)
         model = _Recorder()
         trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -224,6 +229,8 @@ def test_a_run_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_pa
 
     uninterrupted = fit(12, [])
     assert len(uninterrupted) == 12 and len(set(uninterrupted)) > 6  # the stream carries information
+    if mix:
+        assert {key.split("0")[0] for _, keys in uninterrupted for key in keys} == {"track", "other"}
     ckpt = tmp_path / "mid.ckpt"
     first = fit(12, [_StopAfter(8, ckpt)])  # epoch 1, 3 of its 5 batches trained
     assert first == uninterrupted[:8]
@@ -366,3 +373,27 @@ def test_reads_real_prep_output(tmp_path: Path, tiny_models_dir: Path) -> None:
         assert caption is not None and caption.startswith(sample["caption"].rstrip("."))  # train captions augmented
     val_keys = [k for b in dm.val_dataloader() for k in b["keys"]]
     assert sorted(val_keys) == sorted(raw)
+
+
+def test_a_weighted_mix_draws_each_set_at_its_weight(tmp_path: Path) -> None:
+    """Weights 0.8 / 0.2: over 1,000 drawn samples the share of the first set is within 3 standard errors of 0.8,
+    the same seed draws the same mix, and a bad weight is refused before anything is read."""
+    from finetune.lm.data import shard_sets
+
+    main = write_shards(tmp_path / "main", [20, 20], prefix="main")
+    other = write_shards(tmp_path / "general", [20, 20], seed=1, prefix="general")
+    dm = _dm({str(tmp_path / "main"): 4.0, str(tmp_path / "general"): 1.0}, batch_size=4, num_workers=0)
+
+    def draw() -> list[str]:
+        stream = iter(dm.train_dataset(rank=0, world_size=1))
+        return [key for _ in range(250) for key in next(stream)["keys"]]
+
+    keys = draw()
+    assert set(keys) <= set(main) | set(other)
+    share = sum(key in main for key in keys) / len(keys)
+    assert abs(share - 0.8) < 3 * math.sqrt(0.8 * 0.2 / len(keys)), share
+    assert draw() == keys
+    assert [w for _, w in shard_sets({"a": 3, "b": 1})] == [0.75, 0.25]
+    for bad in ({}, {"a": 0.0}, {"a": -1.0, "b": 2.0}, {"a": float("nan")}):
+        with pytest.raises(ValueError, match="data.shards"):
+            _dm(bad)
