@@ -283,6 +283,8 @@ class TrackInfo:
     metadata_sources: list[str]
     notes: list[str] = field(default_factory=list)
     """Fields dropped because their type was wrong, one note each (the manifest row's `notes`)."""
+    estimates: dict[str, Any] = field(default_factory=dict)
+    """What `--auto-tags` estimated from the audio (`data_prep.tags`), whether or not it filled a field."""
 
 
 def describe(

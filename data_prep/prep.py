@@ -14,6 +14,7 @@ Killed at any point and rerun with the same command, it finishes with exactly th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ from data_prep.shards import (
     read_journal,
 )
 from data_prep.split import SplitBy
+from data_prep.tags import caption_from, estimate_tags
 
 CONFIG_FILE = "prep_config.json"
 MIN_SEGMENT_SECONDS = 1.0
@@ -83,6 +85,7 @@ class PrepSettings:
     # A split output (OUT/train, OUT/val) records its split in both halves: a rerun must split the same way.
     val_fraction: float = 0.0
     split_by: str | None = None
+    auto_tags: bool = False
     schema_version: int = SCHEMA_VERSION
 
 
@@ -111,6 +114,7 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
         previous.setdefault("batch_size", 8)
         previous.setdefault("val_fraction", 0.0)  # and were never split
         previous.setdefault("split_by", None)
+        previous.setdefault("auto_tags", False)
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -184,6 +188,11 @@ class TrackDecoder:
                 result["stream"] = scan.info.backend
             else:
                 result["audio"] = np.concatenate(list(blocks), axis=1)  # [C, N] at 32 kHz
+            if s.auto_tags:
+                if "audio" in result:
+                    info = with_estimates(info, estimate_tags(result["audio"], SAMPLE_RATE))
+                else:
+                    notes.append(f"auto-tags: not estimated (a track over {STREAM_SECONDS / 60:g} minutes, streamed)")
         except RejectError as e:
             result.update(reason=e.reason, detail=printable(e.detail))
             return result
@@ -192,6 +201,23 @@ class TrackDecoder:
             return result
         result.update(info=info, notes=notes)
         return result
+
+
+def with_estimates(info: Any, estimates: dict[str, Any]) -> Any:
+    """`info` with the empty bpm and key filled from `estimates`, and a caption when it has none.
+
+    Filled fields are marked `estimated:FIELD` among the sources; a composed caption `estimated:caption`.
+    """
+    metadata, sources = dict(info.metadata), list(info.metadata_sources)
+    for name, value in (("bpm", estimates.get("bpm")), ("key", (estimates.get("key") or "").lower() or None)):
+        if metadata.get(name) is None and value is not None:
+            metadata[name] = value
+            sources.append(f"estimated:{name}")
+    caption = info.caption
+    if caption is None and (caption := caption_from(metadata)) is not None:
+        sources.append("estimated:caption")
+    return dataclasses.replace(info, caption=caption, metadata=metadata, metadata_sources=sources,
+                               estimates=estimates)
 
 
 def describe_track(track: Track, settings: PrepSettings) -> Any:
@@ -324,6 +350,7 @@ def manifest_row(t: OpenTrack) -> dict[str, Any]:
         "caption": info.caption,
         "metadata": info.metadata,
         "metadata_sources": info.metadata_sources,
+        **({"estimates": info.estimates} if info.estimates else {}),
         "notes": item["notes"],
         "segments": [{"key": k, "start_seconds": s / SAMPLE_RATE, "end_seconds": e / SAMPLE_RATE}
                      for k, (s, e) in zip(keys, t.windows)],
@@ -361,6 +388,7 @@ def prep(
     shard_max_mb: float = 1024.0,
     val_fraction: float = 0.0,
     split_by: SplitBy = "artist",
+    auto_tags: bool = False,
 ) -> dict[str, Any]:
     """Turn a licensed catalog into webdataset shards of EnCodec codes, with chroma and audio on request.
 
@@ -393,6 +421,8 @@ def prep(
             two complete prep outputs (for `data.val_shards` and `data.shards`). 0: no split, one output.
         split_by: What never appears on both sides of the split: an artist, an album (of an artist, from the
             sidecar or catalog row's `album`), or only a track. Tracks without the field are split alone.
+        auto_tags: Estimate tempo, key and loudness from the audio (`data_prep/tags.py`): they fill the bpm and key
+            a track's sidecar leaves empty, a caption for a track without one, and the manifest's `estimates`.
 
     Returns:
         The merged stats when this call produced them (one rank, or the last of several to finish), else this
@@ -448,6 +478,7 @@ def prep(
         batch_size=batch_size,
         val_fraction=float(val_fraction),
         split_by=split_by if val_fraction else None,
+        auto_tags=auto_tags,
     )
     out_dir = Path(output)
     check_split_layout(out_dir, bool(val_fraction))
