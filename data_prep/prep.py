@@ -86,6 +86,7 @@ class PrepSettings:
     val_fraction: float = 0.0
     split_by: str | None = None
     auto_tags: bool = False
+    drop_vocals: bool = False
     schema_version: int = SCHEMA_VERSION
 
 
@@ -115,6 +116,7 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
         previous.setdefault("val_fraction", 0.0)  # and were never split
         previous.setdefault("split_by", None)
         previous.setdefault("auto_tags", False)
+        previous.setdefault("drop_vocals", False)
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -260,11 +262,13 @@ class SegmentEncoder:
         self.segment_samples = round(settings.segment_seconds * SAMPLE_RATE)
         self.codec = CodecEncoder(load_codec(settings.codec, device), settings.batch_size)
         self.demucs = self.extractor = None
-        if settings.melody:
-            from data_prep.chroma import ChromaExtractor
+        if settings.melody or settings.drop_vocals:
             from data_prep.stems import load_demucs
 
             self.demucs = load_demucs(settings.demucs, device)
+        if settings.melody:
+            from data_prep.chroma import ChromaExtractor
+
             self.extractor = ChromaExtractor().to(device)
 
     def padded(self, audio: np.ndarray) -> np.ndarray:
@@ -278,10 +282,12 @@ class SegmentEncoder:
         if not queue:
             return
         batch = np.stack([self.padded(q.window.audio) for q in queue])  # [B, C, N]
+        if self.settings.drop_vocals:
+            self._drop_vocals(queue, batch)
         codes = self.codec.encode(batch)  # [B, 4C, T]
         for q, c in zip(queue, codes):
             q.codes = c
-        if self.demucs is not None:
+        if self.extractor is not None and not self.settings.drop_vocals:
             import torch
 
             from data_prep.stems import melody_chroma
@@ -293,7 +299,32 @@ class SegmentEncoder:
                 # audiocraft's chroma (its cache, with which the melody models were trained) averages the channels
                 # before demucs; separating each channel of a stereo segment would also take twice as long.
                 mono = torch.from_numpy(wav).mean(0, keepdim=True)[None]  # [1, 1, N]
-                chroma = melody_chroma(self.demucs, self.extractor, mono, seed=_seed_for(key))  # [1, F, 12]
+                chroma = melody_chroma(self.demucs, self.extractor, mono, seed=_seed_for(key),
+                                       shifts=self.settings.demucs_shifts)  # [1, F, 12]
+                q.chroma = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
+
+
+    def _drop_vocals(self, queue: list[Segment], batch: np.ndarray) -> None:
+        """Replace each segment's audio (in `batch` `[B, C, N]` and its window) by its instrumental, in place.
+
+        One demucs pass per segment, seeded per sample as the chroma's is; with --melody the chroma comes from the
+        same pass (`stems.instrumental_and_melody`), so nothing is separated twice.
+        """
+        import torch
+
+        from data_prep.stems import instrumental_and_melody
+
+        for i, q in enumerate(queue):
+            key = sample_key(q.track.item["track"].key, q.window.index)
+            wav = torch.from_numpy(batch[i])[None]  # [1, C, N]
+            instrumental, melody = instrumental_and_melody(self.demucs, wav, seed=_seed_for(key),
+                                                           shifts=self.settings.demucs_shifts)
+            n = q.window.audio.shape[1]
+            batch[i] = 0.0
+            batch[i, :, :n] = instrumental[:, :n].cpu().numpy()  # the padding stays silent
+            q.window = dataclasses.replace(q.window, audio=batch[i, :, :n].copy())
+            if self.extractor is not None:
+                chroma = self.extractor(melody[None].to(self.extractor.fbanks.device))  # [1, F, 12]
                 q.chroma = chroma[0].cpu().numpy().astype(CHROMA_DTYPE)
 
 
@@ -389,6 +420,7 @@ def prep(
     val_fraction: float = 0.0,
     split_by: SplitBy = "artist",
     auto_tags: bool = False,
+    drop_vocals: bool = False,
 ) -> dict[str, Any]:
     """Turn a licensed catalog into webdataset shards of EnCodec codes, with chroma and audio on request.
 
@@ -421,6 +453,8 @@ def prep(
             two complete prep outputs (for `data.val_shards` and `data.shards`). 0: no split, one output.
         split_by: What never appears on both sides of the split: an artist, an album (of an artist, from the
             sidecar or catalog row's `album`), or only a track. Tracks without the field are split alone.
+        drop_vocals: Store the instrumental: codes (and audio.flac) of every stem but the vocals, from a demucs
+            pass per segment (needs --demucs; with --melody the chroma comes from the same pass).
         auto_tags: Estimate tempo, key and loudness from the audio (`data_prep/tags.py`): they fill the bpm and key
             a track's sidecar leaves empty, a caption for a track without one, and the manifest's `estimates`.
 
@@ -446,6 +480,8 @@ def prep(
         raise ValueError(f"--min-seconds must be 0 or more, got {min_seconds}")
     if melody and not demucs:
         raise ValueError("--melody needs --demucs (a model name such as htdemucs, or a local folder)")
+    if drop_vocals and not demucs:
+        raise ValueError("--drop-vocals needs --demucs (a model name such as htdemucs, or a local folder)")
     if val_fraction and not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive; 0: no split), got {val_fraction}")
     if split_by not in ("artist", "album", "track"):
@@ -465,7 +501,7 @@ def prep(
         segment_seconds=float(segment_seconds),
         stride_seconds=float(stride),
         melody=melody,
-        demucs=local_or_hub(demucs) if melody and demucs else None,
+        demucs=local_or_hub(demucs) if (melody or drop_vocals) and demucs else None,
         demucs_shifts=demucs_shifts,
         keep_audio=keep_audio,
         default_license=license,
@@ -479,6 +515,7 @@ def prep(
         val_fraction=float(val_fraction),
         split_by=split_by if val_fraction else None,
         auto_tags=auto_tags,
+        drop_vocals=drop_vocals,
     )
     out_dir = Path(output)
     check_split_layout(out_dir, bool(val_fraction))

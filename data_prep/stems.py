@@ -166,6 +166,54 @@ def melody_stems(
 
 
 @torch.no_grad()
+def instrumental_and_melody(
+    model: torch.nn.Module,
+    wav: Tensor,
+    *,
+    seed: int,
+    shifts: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """One demucs pass over a 32 kHz segment: the instrumental (every stem but vocals) and the melody stems.
+
+    `mgft prep --drop-vocals` trains on the instrumental, as MusicGen was trained on instrument-only music
+    (musicgen-dreamboothing's `--audio_separation`, cog-musicgen-fine-tuner's `drop_vocals`). The melody (vocals +
+    other, as `melody_stems`) comes from the same pass, so a melody prep separates each segment once; it is the
+    channel mean of the stereo separation rather than the separation of the channel mean.
+
+    Args:
+        model: A demucs model or bag from `load_demucs`.
+        wav: Audio `[1, C, N]` at 32 kHz, C = 1 or 2.
+        seed: Seed of demucs' random shift.
+        shifts: demucs' shift trick count.
+
+    Returns:
+        `(instrumental [C, N], melody [N])`, float32 at 32 kHz.
+    """
+    from demucs.apply import apply_model
+    from demucs.audio import convert_audio
+
+    if wav.dim() != 3 or wav.shape[0] != 1 or wav.shape[1] not in (1, 2):
+        raise ValueError(f"instrumental_and_melody expects audio [1, C, N] with C in (1, 2), got {tuple(wav.shape)}")
+    channels, length = wav.shape[1], wav.shape[-1]
+    mix = convert_audio(wav.float(), SAMPLE_RATE, model.samplerate, model.audio_channels)
+    state = random.getstate()
+    try:
+        random.seed(seed)  # apply_model's shift: random.randint(0, 0.5 s) from the global module
+        stems = apply_model(model, mix, shifts=shifts, split=True, overlap=0.25, device=_model_device(model))
+    finally:
+        random.setstate(state)
+    stems = stems[0]  # [S, 2, T44]
+    keep = [i for i, name in enumerate(model.sources) if name != "vocals"]
+    instrumental = convert_audio(stems[keep].sum(0), model.samplerate, SAMPLE_RATE, channels)  # [C, T']
+    melody = convert_audio(stems[stem_indices(model.sources)].sum(0), model.samplerate, SAMPLE_RATE, 1)[0]  # [T']
+
+    def fit(x: Tensor) -> Tensor:  # the resampling round trip can lose a sample
+        return x[..., :length] if x.shape[-1] >= length else F.pad(x, (0, length - x.shape[-1]))
+
+    return fit(instrumental), fit(melody)
+
+
+@torch.no_grad()
 def melody_chroma(
     model: torch.nn.Module,
     extractor: ChromaExtractor,
