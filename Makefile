@@ -1,10 +1,11 @@
-# make demo: synthesize a licensed catalog in two styles, build tiny models, prep it, "pretrain" a tiny
+# make demo: synthesize a licensed catalog in two styles, build tiny models, prep it (tempo/key/loudness estimated
+#            for the fine-tuning style's tracks, captions composed for those without a description), "pretrain" a tiny
 #            stereo-melody MusicGen on one style (the base), LoRA fine-tune the base on the other style, train the
 #            four bands of a tiny MBD, generate with both decoders, evaluate fine-tune against base on held-out
 #            audio of the fine-tuning style (CPU, about 8 minutes on 2 cores).
 # make test: the whole test suite (unit, contract, end to end, DDP/FSDP2, a real local SLURM), in two pytest-xdist
-#            workers. Both create .venv and install everything first (make test also Debian's slurm-wlm, munge and
-#            chromium, when missing: it needs root then).
+#            workers. Both create .venv and install everything first (make test also Debian's slurm-wlm, munge,
+#            chromium and libchromaprint1, when missing: it needs root then).
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -12,6 +13,8 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-run
 # The CPU wheel of torch 2.13.0 is on disk here; an unpinned torch would pull gigabytes of CUDA packages.
 TORCH_PIN ?= torch==2.13.0
+DEMO_PREP = --codec $(DEMO_DIR)/models/encodec_32khz --channels 2 --segment-seconds 5 --melody \
+	--demucs $(DEMO_DIR)/models/htdemucs --keep-audio
 
 .PHONY: install system-packages demo test lint clean
 
@@ -25,12 +28,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The SLURM tier and the report's browser test need these; installed once here, before two test workers could race
-# for dpkg's lock.
+# The SLURM tier, the report's browser test and prep's --near-duplicates (Chromaprint's library) need these;
+# installed once here, before two test workers could race for dpkg's lock.
 system-packages:
-	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v chromium >/dev/null; then \
-		echo "installing slurm-wlm, munge and chromium from Debian's packages"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge chromium >/dev/null; \
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v chromium >/dev/null \
+		|| ! /sbin/ldconfig -p | grep -q libchromaprint.so.1; then \
+		echo "installing slurm-wlm, munge, chromium and libchromaprint1 from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge chromium \
+			libchromaprint1 >/dev/null; \
 	fi
 
 demo: install
@@ -39,10 +44,9 @@ demo: install
 	$(BIN)/mgft synth-catalog $(DEMO_DIR)/catalog-val --tracks 6 --seconds 15 --style dark --seed 2
 	$(BIN)/mgft tiny-models $(DEMO_DIR)/models
 	printf 'a dark melancholic ambient track in A minor: an FM bell lead over a warm saw pad\nan upbeat happy electronic track in C major with a plucked lead and drums\n' > $(DEMO_DIR)/prompts.txt
-	for part in catalog-base:shards-base catalog:shards catalog-val:shards-val; do \
-		$(BIN)/mgft prep --input $(DEMO_DIR)/$${part%%:*} --output $(DEMO_DIR)/$${part##*:} \
-		--codec $(DEMO_DIR)/models/encodec_32khz --channels 2 --segment-seconds 5 \
-		--melody --demucs $(DEMO_DIR)/models/htdemucs --keep-audio || exit 1; done
+	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog-base --output $(DEMO_DIR)/shards-base $(DEMO_PREP)
+	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog --output $(DEMO_DIR)/shards $(DEMO_PREP) --auto-tags
+	$(BIN)/mgft prep --input $(DEMO_DIR)/catalog-val --output $(DEMO_DIR)/shards-val $(DEMO_PREP) --auto-tags
 	HF_HUB_OFFLINE=1 $(BIN)/mgft fit --config recipes/tiny/stereo-melody-pretrain.yaml \
 		--model.pretrained $(DEMO_DIR)/models/musicgen-stereo-melody \
 		--data.shards $(DEMO_DIR)/shards-base --data.val_shards $(DEMO_DIR)/shards-val \
@@ -62,7 +66,7 @@ demo: install
 		--out $(DEMO_DIR)/samples/$$decoder --overwrite || exit 1; done
 	HF_HUB_OFFLINE=1 $(BIN)/mgft eval --model $(DEMO_DIR)/run/checkpoints/last.ckpt \
 		--baseline $(DEMO_DIR)/base --data.shards $(DEMO_DIR)/shards-val --num-samples 16 --out $(DEMO_DIR)/report
-	@echo "demo: shards, manifest.jsonl, rejects.jsonl and stats.json are in $(DEMO_DIR)/shards (base style: shards-base, held out: shards-val)"
+	@echo "demo: shards, manifest.jsonl (estimated tempo/key/loudness under 'estimates'), rejects.jsonl and stats.json are in $(DEMO_DIR)/shards (base style: shards-base, held out: shards-val)"
 	@echo "demo: the base model's pretraining run is in $(DEMO_DIR)/base-run, the base itself (transformers format) in $(DEMO_DIR)/base"
 	@echo "demo: the fine-tune's config, checkpoints, samples (wav + spectrogram/chroma png) and offline wandb run are in $(DEMO_DIR)/run"
 	@echo "demo: the MBD band runs and the packed mbd_musicgen_32khz.th are in $(DEMO_DIR)/mbd"

@@ -24,6 +24,7 @@ REJECT_REASONS = {
     "silent": "the audio is digital silence",
     "too_short": "the audio is shorter than --min-seconds",
     "duplicate": "the file's bytes equal an earlier file's",
+    "near_duplicate": "the audio is a kept track's recording in another encoding (--near-duplicates, Chromaprint)",
     "no_license": "no license in the sidecar, the catalog row, the tags or --license",
     "license_not_allowed": "the license is not in --allowed-licenses",
     "bad_sidecar": "the sidecar .json could not be read or parsed",

@@ -3,7 +3,10 @@
     mgft prep-merge data/shards
 
 `mgft prep` runs this itself when it is the only rank or the last rank to finish; the explicit command is for SLURM
-array jobs that merge in a dependent step. Merging only reads journals, so it is idempotent and cheap.
+array jobs that merge in a dependent step. Merging reads journals and decides the same from them every time, so it
+is idempotent and cheap. With --near-duplicates it is also where copies of one recording on two ranks meet: the
+later one in catalog order (and, on the validation side of a split, one matching a training track) is moved to the
+rejects and its samples are cut out of its shard.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.atomic import atomic_write_text
+from data_prep.catalog import path_fields, printable, row_rel
 from data_prep.schema import MANIFEST_FILE, REJECTS_FILE, STATS_FILE
-from data_prep.shards import journal_path, read_journal
+from data_prep.shards import journal_path, read_journal, remove_samples
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -63,14 +67,75 @@ def compute_stats(
     }
 
 
+def drop_near_duplicates(out_dir: Path, manifest: list[dict], shards: list[dict],
+                         reference: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Move the near-duplicates among kept tracks to the rejects and cut their samples out of the shards.
+
+    Args:
+        out_dir: The prep output.
+        manifest: Every rank's kept rows.
+        shards: Every rank's shard entries (`shard`, `num_samples`).
+        reference: Kept rows these must not duplicate (a split's training side, for its validation side).
+
+    Returns:
+        (manifest rows kept, reject rows of the dropped tracks, shard entries with their new counts; a shard left
+        empty is deleted and not listed).
+    """
+    from data_prep.fingerprint import resolve
+
+    dropped = resolve(manifest, reference)
+    if not dropped:
+        return manifest, [], shards
+    kept, rejects = [], []
+    cut: dict[str, set[str]] = defaultdict(set)  # shard -> sample keys to remove
+    for row in manifest:
+        if (match := dropped.get(row_rel(row))) is None:
+            kept.append(row)
+            continue
+        cut[row["shard"]].update(segment["key"] for segment in row["segments"])
+        rejects.append({**path_fields(row_rel(row)), "reason": "near_duplicate",
+                        "detail": match.detail(printable(match.rel)), "sha256": row["sha256"],
+                        "size": row["size_bytes"]})
+    counts = {entry["shard"]: entry["num_samples"] for entry in shards}
+    for name, keys in sorted(cut.items()):
+        remove_samples(out_dir / name, keys)
+        counts[name] -= len(keys)
+    return kept, rejects, [{"shard": n, "num_samples": c} for n, c in sorted(counts.items()) if c > 0]
+
+
+def kept_rows(out_dir: Path) -> list[dict]:
+    """The manifest rows a finished prep output keeps, near-duplicates across its ranks dropped (its journals only)."""
+    settings = json.loads((out_dir / "prep_config.json").read_text())
+    check_finished(out_dir, settings["world_size"])
+    manifest, _, _ = collect(out_dir, settings["world_size"])
+    if settings.get("near_duplicates"):
+        from data_prep.fingerprint import resolve
+
+        dropped = resolve(manifest)
+        manifest = [row for row in manifest if row_rel(row) not in dropped]
+    return manifest
+
+
+def check_finished(out_dir: Path, world_size: int) -> None:
+    """A RuntimeError naming the ranks that have not written their done marker, if any."""
+    missing = [r for r in range(world_size) if not (out_dir / f"done.r{r:04d}").exists()]
+    if missing:
+        raise RuntimeError(f"{out_dir}: ranks {missing} of {world_size} have not finished; rerun them first")
+
+
 def merge(out_dir: Path) -> dict[str, Any]:
     """Write manifest.jsonl, rejects.jsonl and stats.json from every rank's journal (all ranks must be done)."""
     settings = json.loads((out_dir / "prep_config.json").read_text())
     world_size = settings["world_size"]
-    missing = [r for r in range(world_size) if not (out_dir / f"done.r{r:04d}").exists()]
-    if missing:
-        raise RuntimeError(f"{out_dir}: ranks {missing} of {world_size} have not finished; rerun them first")
+    check_finished(out_dir, world_size)
     manifest, rejects, shards = collect(out_dir, world_size)
+    if settings.get("near_duplicates"):
+        # A split's validation side must not hold a recording of its training side: each rank preps train first,
+        # so when the last one finishes validation, every training journal is complete.
+        reference = kept_rows(out_dir.parent / "train") if settings.get("val_fraction") and out_dir.name == "val" \
+            else []
+        manifest, dropped, shards = drop_near_duplicates(out_dir, manifest, shards, reference)
+        rejects = sorted(rejects + dropped, key=lambda r: r["path"])
     stats = compute_stats(manifest, rejects, shards, settings)
     if stats["samples_in_shards"] != stats["segments"]:
         raise RuntimeError(f"{out_dir}: journals list {stats['segments']} segments but shards hold "

@@ -3,11 +3,13 @@ r"""`mgft prep`: a licensed catalog becomes EnCodec (+ chroma, + audio) webdatas
     mgft prep --input CATALOG_DIR_OR_CSV --output SHARDS --codec facebook/encodec_32khz \
         [--channels 2] [--segment-seconds 30] [--melody --demucs htdemucs] [--keep-audio] \
         [--license CC-BY-4.0] [--allowed-licenses CC0-1.0,CC-BY-4.0] [--device cuda] [--batch-size 16] \
-        [--workers 4] [--rank R --world-size W] [--val-fraction 0.1 --split-by artist]
+        [--workers 4] [--rank R --world-size W] [--val-fraction 0.1 --split-by artist] [--near-duplicates] \
+        [--auto-tags [--clap laion/clap-htsat-unfused]] [--instance-prompt TEXT] [--drop-vocals]
 
 A track's path through prep: scan (catalog.py) -> this rank's share (by size hash) -> worker: hash, sidecar/tags,
-license, decode, validate, resample to 32 kHz, channels (audio.py) -> main process: duplicate check, segment, EnCodec
-(tokens.py), stems + chroma (stems.py, chroma.py) -> shard writer + journal (shards.py) -> merge (merge.py). With
+license, decode, validate, resample to 32 kHz, channels (audio.py), fingerprint (fingerprint.py) -> main process:
+duplicate and near-duplicate checks, segment, EnCodec (codec.py), stems + chroma (stems.py, chroma.py) -> shard
+writer + journal (shards.py) -> merge (merge.py, which also drops near-duplicates that straddle two ranks). With
 --val-fraction the scanned catalog is first split by artist, album or track (split.py) into OUT/train and OUT/val.
 Killed at any point and rerun with the same command, it finishes with exactly the samples of an uninterrupted run.
 """
@@ -29,7 +31,17 @@ from tqdm import tqdm
 from data_prep import audio as audio_io
 from data_prep.atomic import atomic_write_text
 from data_prep.audio import RejectError
-from data_prep.catalog import AUDIO_SUFFIXES, Track, describe, partition, path_fields, printable, read_sidecar, scan
+from data_prep.catalog import (
+    AUDIO_SUFFIXES,
+    Track,
+    describe,
+    partition,
+    path_fields,
+    printable,
+    read_sidecar,
+    row_rel,
+    scan,
+)
 from data_prep.duplicates import license_conflicts, sha256_of
 from data_prep.schema import (
     CHROMA_DTYPE,
@@ -50,7 +62,7 @@ from data_prep.shards import (
     read_journal,
 )
 from data_prep.split import SplitBy
-from data_prep.tags import caption_from, estimate_tags
+from data_prep.tags import caption_from, check_clap_flags, clap_fills, estimate_tags
 
 CONFIG_FILE = "prep_config.json"
 MIN_SEGMENT_SECONDS = 1.0
@@ -87,6 +99,11 @@ class PrepSettings:
     split_by: str | None = None
     auto_tags: bool = False
     drop_vocals: bool = False
+    near_duplicates: bool = False
+    # --clap (resolved as `local_or_hub` records it) and the label lists it scored; None: no CLAP labels.
+    clap: str | None = None
+    clap_labels: dict[str, list[str]] | None = None
+    instance_prompt: str | None = None
     schema_version: int = SCHEMA_VERSION
 
 
@@ -110,13 +127,16 @@ def check_settings(out_dir: Path, settings: PrepSettings) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         # Older outputs stored the model paths as typed: compare them resolved, as this version stores them.
-        previous.update({k: local_or_hub(previous[k]) for k in ("codec", "demucs") if previous.get(k)})
+        previous.update({k: local_or_hub(previous[k]) for k in ("codec", "demucs", "clap") if previous.get(k)})
         # Older outputs did not record the EnCodec batch; 8 was the default then.
         previous.setdefault("batch_size", 8)
         previous.setdefault("val_fraction", 0.0)  # and were never split
         previous.setdefault("split_by", None)
         previous.setdefault("auto_tags", False)
         previous.setdefault("drop_vocals", False)
+        for name in ("clap", "clap_labels", "instance_prompt"):  # older outputs had neither CLAP nor a phrase
+            previous.setdefault(name, None)
+        previous.setdefault("near_duplicates", False)
         diff = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
         if "schema_version" in diff:
             raise ValueError(
@@ -192,9 +212,15 @@ class TrackDecoder:
                 result["audio"] = np.concatenate(list(blocks), axis=1)  # [C, N] at 32 kHz
             if s.auto_tags:
                 if "audio" in result:
-                    info = with_estimates(info, estimate_tags(result["audio"], SAMPLE_RATE))
+                    info = with_estimates(info, estimate_tags(result["audio"], SAMPLE_RATE, s.clap, s.clap_labels))
                 else:
                     notes.append(f"auto-tags: not estimated (a track over {STREAM_SECONDS / 60:g} minutes, streamed)")
+            if s.instance_prompt:
+                info = with_instance_prompt(info, s.instance_prompt)
+            if s.near_duplicates:
+                result["fingerprint"] = track_fingerprint(track, result, s.channels)
+                if result["fingerprint"] is None:
+                    notes.append("near-duplicates: too short to fingerprint (under about 4 s), not compared")
         except RejectError as e:
             result.update(reason=e.reason, detail=printable(e.detail))
             return result
@@ -205,13 +231,31 @@ class TrackDecoder:
         return result
 
 
-def with_estimates(info: Any, estimates: dict[str, Any]) -> Any:
-    """`info` with the empty bpm and key filled from `estimates`, and a caption when it has none.
+def track_fingerprint(track: Track, item: dict[str, Any], channels: int) -> str | None:
+    """The Chromaprint fingerprint of a decoded track's 32 kHz audio (for a streamed one, its start read again)."""
+    from data_prep.fingerprint import FINGERPRINT_SECONDS, fingerprint
 
-    Filled fields are marked `estimated:FIELD` among the sources; a composed caption `estimated:caption`.
+    if "audio" in item:
+        return fingerprint([item["audio"]], SAMPLE_RATE)
+    # The same samples as a whole read (soxr's stream equals whole resampling); decoding stops after the start.
+    info, raw = audio_io.read_blocks(track.path, item["stream"])
+    _, blocks = audio_io.prepare_blocks(info, raw, SAMPLE_RATE, channels)
+    try:
+        return fingerprint(blocks, SAMPLE_RATE)
+    except RejectError as e:
+        raise RejectError(e.reason, f"{e.detail} (while fingerprinting its first {FINGERPRINT_SECONDS:g} s)") from e
+
+
+def with_estimates(info: Any, estimates: dict[str, Any]) -> Any:
+    """`info` with its empty fields filled from `estimates`, and a caption when it has none.
+
+    bpm and key come from the tempo and key estimates; genre, moods and instrument from CLAP's top labels. Filled
+    fields are marked `estimated:FIELD` among the sources; a composed caption `estimated:caption`.
     """
     metadata, sources = dict(info.metadata), list(info.metadata_sources)
-    for name, value in (("bpm", estimates.get("bpm")), ("key", (estimates.get("key") or "").lower() or None)):
+    fills = {"bpm": estimates.get("bpm"), "key": (estimates.get("key") or "").lower() or None,
+             **clap_fills(estimates.get("clap") or {})}
+    for name, value in fills.items():
         if metadata.get(name) is None and value is not None:
             metadata[name] = value
             sources.append(f"estimated:{name}")
@@ -220,6 +264,15 @@ def with_estimates(info: Any, estimates: dict[str, Any]) -> Any:
         sources.append("estimated:caption")
     return dataclasses.replace(info, caption=caption, metadata=metadata, metadata_sources=sources,
                                estimates=estimates)
+
+
+def with_instance_prompt(info: Any, prompt: str) -> Any:
+    """`info` with the trigger phrase in front of its caption ("PROMPT, caption"; the phrase alone if it has none).
+
+    Marked `instance_prompt` among the sources, so a reader knows the caption's first words are the phrase.
+    """
+    caption = f"{prompt}, {info.caption}" if info.caption else prompt
+    return dataclasses.replace(info, caption=caption, metadata_sources=[*info.metadata_sources, "instance_prompt"])
 
 
 def describe_track(track: Track, settings: PrepSettings) -> Any:
@@ -382,6 +435,7 @@ def manifest_row(t: OpenTrack) -> dict[str, Any]:
         "metadata": info.metadata,
         "metadata_sources": info.metadata_sources,
         **({"estimates": info.estimates} if info.estimates else {}),
+        **({"fingerprint": item["fingerprint"]} if "fingerprint" in item else {}),
         "notes": item["notes"],
         "segments": [{"key": k, "start_seconds": s / SAMPLE_RATE, "end_seconds": e / SAMPLE_RATE}
                      for k, (s, e) in zip(keys, t.windows)],
@@ -421,6 +475,10 @@ def prep(
     split_by: SplitBy = "artist",
     auto_tags: bool = False,
     drop_vocals: bool = False,
+    near_duplicates: bool = False,
+    clap: str | None = None,
+    clap_labels: str | None = None,
+    instance_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Turn a licensed catalog into webdataset shards of EnCodec codes, with chroma and audio on request.
 
@@ -457,6 +515,17 @@ def prep(
             pass per segment (needs --demucs; with --melody the chroma comes from the same pass).
         auto_tags: Estimate tempo, key and loudness from the audio (`data_prep/tags.py`): they fill the bpm and key
             a track's sidecar leaves empty, a caption for a track without one, and the manifest's `estimates`.
+        clap: With --auto-tags, a CLAP checkpoint (a folder saved by `save_pretrained`, or a hub id such as
+            laion/clap-htsat-unfused) whose zero-shot labels fill the genre, moods and instrument a track's metadata
+            leaves empty; the top labels of each list and their scores go in the manifest's `estimates`.
+        clap_labels: A JSON or YAML file of the label lists CLAP scores, `{"genre": [...], "mood": [...],
+            "instrument": [...]}`; a list it leaves out keeps its default (`data_prep/tags.py`).
+        instance_prompt: A trigger phrase put in front of every kept track's caption ("PHRASE, caption"; the phrase
+            alone for a track without one), as DreamBooth-style fine-tuning uses one.
+        near_duplicates: Refuse a track whose audio is a kept track's recording in another encoding (a FLAC master
+            and its MP3), by Chromaprint fingerprints (`data_prep/fingerprint.py`; needs the libchromaprint
+            library): the first in catalog order is kept, across ranks too (the merge drops the later copy), and a
+            validation track matching a training track is dropped from the validation side.
 
     Returns:
         The merged stats when this call produced them (one rank, or the last of several to finish), else this
@@ -482,6 +551,13 @@ def prep(
         raise ValueError("--melody needs --demucs (a model name such as htdemucs, or a local folder)")
     if drop_vocals and not demucs:
         raise ValueError("--drop-vocals needs --demucs (a model name such as htdemucs, or a local folder)")
+    if near_duplicates:
+        from data_prep.fingerprint import require_chromaprint
+
+        require_chromaprint()
+    clap_label_lists = check_clap_flags(clap, clap_labels, auto_tags)
+    if instance_prompt is not None and not instance_prompt.strip():
+        raise ValueError("--instance-prompt is empty (give the trigger phrase, e.g. 'in the style of sks')")
     if val_fraction and not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive; 0: no split), got {val_fraction}")
     if split_by not in ("artist", "album", "track"):
@@ -516,6 +592,10 @@ def prep(
         split_by=split_by if val_fraction else None,
         auto_tags=auto_tags,
         drop_vocals=drop_vocals,
+        near_duplicates=near_duplicates,
+        clap=local_or_hub(clap) if clap else None,
+        clap_labels=clap_label_lists,
+        instance_prompt=instance_prompt.strip() if instance_prompt else None,
     )
     out_dir = Path(output)
     check_split_layout(out_dir, bool(val_fraction))
@@ -667,6 +747,13 @@ def _run(
     counts = {"tracks": total, "resumed_done": total - len(todo), "kept": 0, "rejected": 0, "segments": 0}
     loop = PrepLoop(settings, writer, SegmentEncoder(settings, device), counts)
     seen = state.seen_hashes
+    recordings = None  # near-duplicate detection: the fingerprints of this rank's kept tracks
+    if settings.near_duplicates:
+        from data_prep.fingerprint import FingerprintIndex
+
+        recordings = FingerprintIndex()
+        for row in state.kept_rows:
+            recordings.add(row_rel(row), row.get("fingerprint"))
     loader = torch.utils.data.DataLoader(
         TrackDecoder(todo, settings, conflicts), batch_size=None, num_workers=workers, collate_fn=lambda x: x
     )
@@ -674,6 +761,8 @@ def _run(
     for item in bar:
         if "reason" not in item and item["sha256"] in seen:
             item.update(reason="duplicate", detail=f"same bytes as {seen[item['sha256']]}")
+        if recordings is not None and "reason" not in item and (match := recordings.match(item["fingerprint"])):
+            item.update(reason="near_duplicate", detail=match.detail(printable(match.rel)))
         if "reason" in item:
             kept = False
         elif "stream" in item:
@@ -683,6 +772,8 @@ def _run(
             kept = True
         if kept:
             seen[item["sha256"]] = item["track"].rel
+            if recordings is not None:
+                recordings.add(item["track"].rel, item["fingerprint"])
             counts["kept"] += 1
         else:
             journal.reject(_reject_row(item, item["reason"], item["detail"]))

@@ -46,14 +46,18 @@ class JournalState:
         return kept | {row_rel(row) for row in self.rejects}
 
     @property
+    def kept_rows(self) -> list[dict[str, Any]]:
+        """Manifest rows of every committed kept track, in catalog order."""
+        return sorted((row for entry in self.shards for row in entry["tracks"]), key=row_rel)
+
+    @property
     def seen_hashes(self) -> dict[str, str]:
         """sha256 -> path of every committed kept track, for duplicate detection.
 
         Only kept tracks count: a licensed copy of a file whose first copy was refused (no license, say) is kept.
         """
-        rows = sorted((row for entry in self.shards for row in entry["tracks"]), key=row_rel)
         seen: dict[str, str] = {}
-        for row in rows:
+        for row in self.kept_rows:
             seen.setdefault(row["sha256"], row_rel(row))
         return seen
 
@@ -193,3 +197,39 @@ class ShardWriter:
         self._tar, self._file = None, None
         self._samples, self._bytes, self._tracks = 0, 0, []
         self.index += 1
+
+
+def remove_samples(path: Path, keys: set[str]) -> int:
+    """Rewrite a committed shard without the samples named in `keys`; delete it when none is left.
+
+    For the merge's near-duplicate drops, after every rank has finished. The new tar is written beside the old one
+    (`.tmp`, which a resumed rank removes) and renamed over it, so a kill leaves the old shard or the new one whole;
+    run again, it finds nothing left to remove.
+
+    Returns:
+        The number of samples removed (0 when the shard no longer holds any of them, or is gone).
+    """
+    import tarfile
+
+    if not path.exists():
+        return 0
+    key_of = lambda member: member.name.split(".", 1)[0]  # noqa: E731 -- keys hold no dots (schema.sanitize_key)
+    with tarfile.open(path) as src:
+        members = src.getmembers()
+        removed = {key_of(m) for m in members} & keys
+        if not removed:
+            return 0
+        keep = [m for m in members if key_of(m) not in keys]
+        if keep:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w") as dst:
+                for member in keep:
+                    dst.addfile(member, src.extractfile(member))
+                dst.close()
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            path.unlink()
+    fsync_dir(path.parent)
+    return len(removed)

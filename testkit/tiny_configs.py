@@ -97,3 +97,60 @@ def musicgen_config(name: str = "musicgen-small", size: Size = "tiny"):
         return architectures.musicgen_config(name)
     return architectures.musicgen_config(name, decoder=TINY_DECODER, text=TINY_T5, audio=TINY_ENCODEC_WIDTHS,
                                          dropout=0.0)
+
+
+TINY_CLAP_VOCAB_SIZE = 1000
+"""Byte-level BPE tokens of the tiny CLAP's RoBERTa-style tokenizer (256 bytes, 4 specials, merges), `<mask>` after."""
+
+TINY_CLAP_TEXT: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 130,  # RoBERTa's positions start after the pad id: 128 tokens + 2
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+
+TINY_CLAP_AUDIO: dict[str, Any] = {
+    # HTSAT folds the [time, mel] spectrogram into a square image: spec_size = 4 x num_mel_bins, and the time axis
+    # (max_length_s x sampling_rate / hop_length + 1 = 251 frames below) must fit in 4 x spec_size = 256.
+    "num_mel_bins": 16,
+    "spec_size": 64,
+    # Patches of 4 give a 16 x 16 grid; two Swin stages (16 -> 8) with windows of 8.
+    "window_size": 8,
+    "depths": [1, 1],
+    "num_attention_heads": [2, 2],
+    "patch_embeds_hidden_size": 16,
+    "hidden_size": 32,  # the last stage's width: patch_embeds_hidden_size x 2 ** (stages - 1)
+    "hidden_dropout_prob": 0.0,
+}
+
+TINY_CLAP_PROJECTION_DIM = 16
+"""Width of the shared audio-text embedding (512 in laion/clap-htsat-unfused)."""
+
+CLAP_FEATURES: dict[str, dict[str, Any]] = {
+    # laion/clap-htsat-unfused's ClapFeatureExtractor: 10 s at 48 kHz, 64 mel bins, random crop of longer audio.
+    "real": {"feature_size": 64, "sampling_rate": 48_000, "hop_length": 480, "max_length_s": 10,
+             "fft_window_size": 1024, "frequency_min": 50, "frequency_max": 14_000},
+    # 4 s at 16 kHz (so prep resamples, as it does to 48 kHz for the real model), 16 mel bins.
+    "tiny": {"feature_size": 16, "sampling_rate": 16_000, "hop_length": 256, "max_length_s": 4,
+             "fft_window_size": 512, "frequency_min": 50, "frequency_max": 8_000},
+}
+"""`ClapFeatureExtractor` settings by size; both pad short audio by repeating it ("repeatpad", "rand_trunc")."""
+
+
+def clap_config(size: Size = "tiny", vocab_size: int = TINY_CLAP_VOCAB_SIZE + 1):
+    """The CLAP config: tiny (0.08M parameters) or laion/clap-htsat-unfused's (HTSAT + RoBERTa-base, 512-d).
+
+    Args:
+        size: "tiny" or "real".
+        vocab_size: Embedding rows of the tiny text encoder (the tokenizer's length); the real one keeps RoBERTa's.
+    """
+    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
+
+    if size == "real":
+        return ClapConfig(text_config=ClapTextConfig().to_dict(), audio_config=ClapAudioConfig().to_dict())
+    return ClapConfig(text_config=ClapTextConfig(vocab_size=vocab_size, **TINY_CLAP_TEXT).to_dict(),
+                      audio_config=ClapAudioConfig(**TINY_CLAP_AUDIO).to_dict(),
+                      projection_dim=TINY_CLAP_PROJECTION_DIM)

@@ -1,8 +1,8 @@
 """`mgft tiny-models OUT [--size tiny|real] [--only NAME,NAME] [--seed 0]`: random-init models in the hub's formats.
 
-Writes EnCodec 32 kHz, htdemucs and the four MusicGen checkpoints (small, stereo-small, melody, stereo-melody) with
-random weights but in exactly the on-disk layout the real checkpoints use, so tests and the demo drive the real
-loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without any network access:
+Writes EnCodec 32 kHz, htdemucs, the four MusicGen checkpoints (small, stereo-small, melody, stereo-melody), MBD
+and CLAP with random weights but in exactly the on-disk layout the real checkpoints use, so tests and the demo drive
+the real loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without any network access:
 
     OUT/encodec_32khz/            config.json, model.safetensors, preprocessor_config.json
     OUT/htdemucs/                 htdemucs.yaml (`models: ['<sig>']`), <sig>-<sha256[:8]>.th
@@ -13,6 +13,9 @@ loading code (`from_pretrained`, `AutoTokenizer`, demucs' `get_model`) without a
     OUT/musicgen-melody/          config.json, generation_config.json, model.safetensors, tokenizer files
     OUT/musicgen-stereo-melody/   same as musicgen-melody, decoder with 8 codebooks and audio_channels=2
     OUT/multiband-diffusion/      mbd_musicgen_32khz.th (4 band U-Nets, their configs and normalizer statistics)
+    OUT/clap/                     config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+                                  processor_config.json (ClapProcessor: RoBERTa-style BPE tokenizer and
+                                  ClapFeatureExtractor), for `mgft prep --auto-tags --clap`
 
 `--size tiny` (default) gives models small enough for CPU tests (0.1M to 1.3M parameters each);
 `--size real` gives the real architectures (GBs on disk; use `--only`).
@@ -43,9 +46,12 @@ from typing import Literal
 from data_prep.schema import SPECIAL_TOKEN_ID
 from testkit.tiny_configs import (
     BENCH_ONLY_NAMES,
+    CLAP_FEATURES,
     MUSICGEN_NAMES,
+    TINY_CLAP_VOCAB_SIZE,
     TINY_T5_VOCAB_SIZE,
     Size,
+    clap_config,
     encodec_config,
     htdemucs_kwargs,
     musicgen_config,
@@ -55,7 +61,8 @@ from testkit.tiny_configs import (
 ENCODEC = "encodec_32khz"
 HTDEMUCS = "htdemucs"
 MBD = "multiband-diffusion"
-ALL_NAMES: tuple[str, ...] = (ENCODEC, HTDEMUCS, *MUSICGEN_NAMES, MBD)
+CLAP = "clap"
+ALL_NAMES: tuple[str, ...] = (ENCODEC, HTDEMUCS, *MUSICGEN_NAMES, MBD, CLAP)
 
 def count_params(model) -> int:
     """Count the parameters of a module.
@@ -307,6 +314,78 @@ def build_t5_tokenizer():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# CLAP (zero-shot tags for `mgft prep --clap`) and an offline RoBERTa-style tokenizer
+# ---------------------------------------------------------------------------------------------------------------------
+
+ROBERTA_SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>")
+"""roberta-base's first ids (`<mask>` is its last), which ClapTextConfig's bos/pad/eos ids (0, 1, 2) assume."""
+
+
+def build_clap_tokenizer():
+    """A RoBERTa-style tokenizer built offline (no hub): byte-level BPE trained on the in-code music captions.
+
+    roberta-base's layout and behaviour: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>` last, "Ġ" word-start
+    pieces, `<s> ... </s>` around every sequence; being byte-level it has no unknown words. The BPE trainer is
+    deterministic (ties broken by pair), so the same vocabulary comes out on every run.
+
+    Returns:
+        A transformers `RobertaTokenizer` (tokenizers-backed) of `TINY_CLAP_VOCAB_SIZE + 1` tokens.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizer
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # as RobertaTokenizer's
+    trainer = trainers.BpeTrainer(vocab_size=TINY_CLAP_VOCAB_SIZE, special_tokens=list(ROBERTA_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    vocab = {**model["vocab"], "<mask>": len(model["vocab"])}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=128)
+
+
+def clap_feature_extractor(size: Size = "tiny"):
+    """The `ClapFeatureExtractor` of a CLAP checkpoint: laion/clap-htsat-unfused's at "real", a small one at "tiny".
+
+    Returns:
+        A transformers `ClapFeatureExtractor` (`CLAP_FEATURES[size]`, repeat-padding, random crop of long audio).
+    """
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(**CLAP_FEATURES[size], truncation="rand_trunc", padding="repeatpad")
+
+
+def write_clap(out_dir: Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write a random-init CLAP as `ClapModel.save_pretrained` plus its `ClapProcessor`.
+
+    Random weights are not degenerate here: the audio and text embeddings depend on their inputs, so different
+    tracks get different zero-shot scores (only their meaning is random).
+
+    Args:
+        out_dir: directory to write (created if missing).
+        size: "tiny" (about 0.08M parameters, a 4 s window at 16 kHz) or "real" (laion/clap-htsat-unfused's
+            architecture and feature extractor, random weights, the tiny tokenizer).
+        seed: torch seed of the weights.
+
+    Returns:
+        `out_dir`, loadable with `ClapModel.from_pretrained` and `ClapProcessor.from_pretrained`.
+    """
+    import torch
+    from transformers import ClapModel, ClapProcessor
+
+    out_dir = Path(out_dir)
+    with _quiet_transformers():
+        tokenizer = build_clap_tokenizer()
+        torch.manual_seed(seed)
+        model = ClapModel(clap_config(size, vocab_size=len(tokenizer))).eval()
+        model.save_pretrained(out_dir)
+        ClapProcessor(feature_extractor=clap_feature_extractor(size), tokenizer=tokenizer).save_pretrained(out_dir)
+    _report(CLAP, model, out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # MusicGen (text, stereo, melody)
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -481,13 +560,13 @@ def tiny_models(
     only: str | list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, str]:
-    """Write random-init EnCodec, htdemucs and MusicGen checkpoints in their hub formats under OUT.
+    """Write random-init EnCodec, htdemucs, MusicGen, MBD and CLAP checkpoints in their hub formats under OUT.
 
     Args:
         out: output directory; each model goes to `out/<name>`.
         size: "tiny" (CPU-test sized) or "real" (the real architectures; several GB, combine with `only`).
         only: names to write, comma-separated (default all): encodec_32khz, htdemucs, musicgen-small,
-            musicgen-stereo-small, musicgen-melody, musicgen-stereo-melody, multiband-diffusion.
+            musicgen-stereo-small, musicgen-melody, musicgen-stereo-melody, multiband-diffusion, clap.
         seed: torch seed, reset before each model so any subset gives the same weights.
 
     Returns:
@@ -512,6 +591,8 @@ def tiny_models(
             write_htdemucs(path, size, seed)
         elif name == MBD:
             write_mbd(path, size, seed)
+        elif name == CLAP:
+            write_clap(path, size, seed)
         else:
             write_musicgen(path, name, size, seed)
         written[name] = str(path)

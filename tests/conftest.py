@@ -104,6 +104,14 @@ def tiny_mbd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _built_once(tmp_path_factory, "mbd", lambda out: tiny_models(str(out), only=[MBD])) / MBD
 
 
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init CLAP (`ClapModel` and `ClapProcessor` files) for `mgft prep --auto-tags --clap`."""
+    from testkit.tiny_models import CLAP, tiny_models
+
+    return _built_once(tmp_path_factory, "clap", lambda out: tiny_models(str(out), only=[CLAP])) / CLAP
+
+
 RUN_FIRST = ("tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py", "tests/finetune/training/test_fsdp.py")
 """The longest files, started first so that neither xdist worker is left with one of them at the end."""
 

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from finetune.architectures import HTDEMUCS_SOURCES
-from testkit.tiny_configs import MUSICGEN_NAMES, TINY_T5_VOCAB_SIZE, encodec_config, htdemucs_kwargs, musicgen_config
+from testkit.tiny_configs import (
+    MUSICGEN_NAMES,
+    TINY_T5_VOCAB_SIZE,
+    clap_config,
+    encodec_config,
+    htdemucs_kwargs,
+    musicgen_config,
+)
 from testkit.tiny_models import ALL_NAMES, build_t5_tokenizer, count_params, tiny_models
 
 CAPTION = "A calm lofi hip hop track with rhodes piano and soft drums, 85 bpm."
@@ -161,6 +168,9 @@ def test_only_and_determinism(models_dir: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unknown model name"):
         tiny_models(str(tmp_path), only=["musicgen-large"])
+    tiny_models(str(tmp_path / "again"), only="clap")  # the BPE trainer breaks ties deterministically too
+    for rel in ["clap/model.safetensors", "clap/tokenizer.json"]:
+        assert (tmp_path / "again" / rel).read_bytes() == (models_dir / rel).read_bytes(), rel
 
 
 def test_cli_dispatch(tmp_path: Path) -> None:
@@ -168,6 +178,37 @@ def test_cli_dispatch(tmp_path: Path) -> None:
 
     main(["tiny-models", str(tmp_path), "--only", "encodec_32khz,htdemucs", "--seed", "1"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encodec_32khz", "htdemucs"]
+
+
+def test_clap_loads_and_tells_inputs_apart(models_dir: Path) -> None:
+    """The tiny CLAP loads with `from_pretrained`, tokenizes as roberta-base does, and is not degenerate: two
+    different sounds get different audio embeddings and different zero-shot scores."""
+    import numpy as np
+    from transformers import ClapModel, ClapProcessor
+
+    files = {p.name for p in (models_dir / "clap").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    model = ClapModel.from_pretrained(models_dir / "clap").eval()
+    processor = ClapProcessor.from_pretrained(models_dir / "clap")
+    tokenizer, extractor = processor.tokenizer, processor.feature_extractor
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (
+        0, 1, 2, 3)
+    assert len(tokenizer) == model.config.text_config.vocab_size
+    ids = tokenizer("This is a jazz song.").input_ids
+    assert ids[0] == 0 and ids[-1] == 2 and tokenizer.decode(ids, skip_special_tokens=True) == "This is a jazz song."
+    assert "Ġjazz" in tokenizer.convert_ids_to_tokens(ids)  # a common music word is one piece
+
+    rate = extractor.sampling_rate
+    t = np.arange(4 * rate) / rate
+    sounds = [0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * np.random.default_rng(0).standard_normal(len(t))]
+    prompts = ["This is a jazz song.", "This is a rock song.", "This is a calm song."]
+    inputs = processor(text=prompts, audio=sounds, sampling_rate=rate, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.audio_embeds.shape == (2, model.config.projection_dim)
+    assert float(out.audio_embeds[0] @ out.audio_embeds[1]) < 0.999  # unit vectors, not the same direction
+    probs = out.logits_per_audio.softmax(dim=-1)  # [2 sounds, 3 prompts]
+    assert (probs[0] - probs[1]).abs().max() > 1e-3
 
 
 def test_real_configs_have_the_hub_dims() -> None:
@@ -190,6 +231,11 @@ def test_real_configs_have_the_hub_dims() -> None:
     assert encodec_config("tiny").num_quantizers == 4  # the tiny codec keeps 2048 codes, hence 4 codebooks
     with pytest.raises(ValueError):
         musicgen_config("musicgen-large", "real")
+    clap = clap_config("real")  # laion/clap-htsat-unfused: HTSAT-tiny audio, RoBERTa-base text, 512-d, no fusion
+    assert (clap.projection_dim, clap.text_config.hidden_size, clap.text_config.vocab_size) == (512, 768, 50265)
+    audio = clap.audio_config
+    assert (audio.spec_size, audio.num_mel_bins, list(audio.depths), audio.enable_fusion) == (256, 64, [2, 2, 6, 2],
+                                                                                             False)
 
 
 def test_real_sizes_match_the_hub_files() -> None:
