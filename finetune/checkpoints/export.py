@@ -7,6 +7,9 @@ LoRA adapters are merged into the weights (or saved alone as a peft adapter with
 exported when the run kept an EMA, as audiocraft exports its EMA `best_state`. The transformers export loads with
 plain `from_pretrained` of the right class; the audiocraft export is a folder with `state_dict.bin` and
 `compression_state_dict.bin`, the layout `MusicGen.get_pretrained(DIR)` reads.
+
+Each export folder has a model card, `README.md`: base model, training data (prep stats, licenses, and the tag
+distribution of the training shards' manifest as a table and as `catalog.png` beside the card), metrics, config.
 """
 
 from __future__ import annotations
@@ -19,6 +22,21 @@ import yaml
 
 from data_prep.schema import SPECIAL_TOKEN_ID, STATS_FILE
 from finetune.architectures import LORA_TARGETS
+from finetune.evaluation.catalog import (
+    CatalogSummary,
+    TagCount,
+    catalog_png,
+    catalog_summary,
+    shard_folders,
+    shard_set_name,
+    tempo_range,
+    top,
+)
+
+CATALOG_PNG = "catalog.png"
+"""The tag distribution picture written beside the model card."""
+CARD_TOP = 8
+"""Values of each tag the model card's table lists."""
 
 
 def merge_lora(model) -> int:
@@ -36,22 +54,74 @@ def merge_lora(model) -> int:
 
 
 def run_summary(ckpt: Path) -> dict[str, Any]:
-    """What the model card reports: the run's resolved config and the data's prep stats, when they can be found."""
+    """What the model card reports: the run's config, its training shards' prep stats and tag counts, where found.
+
+    Args:
+        ckpt: A checkpoint of the run (`RUN/checkpoints/last.ckpt`).
+
+    Returns:
+        `config` and `config_text` (None without `RUN/config.yaml`), `shards` (`data.shards`: a set or a weighted mix),
+        `stats` ([(folder, its stats.json)], one per folder found) and `catalog` (`CatalogSummary` or None).
+    """
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
-    stats = None
     shards = ((config or {}).get("data") or {}).get("shards")
-    if shards:
-        shard_dir = Path(shards) if Path(shards).is_dir() else Path(shards).parent
-        if (shard_dir / STATS_FILE).exists():
-            stats = json.loads((shard_dir / STATS_FILE).read_text())
-    return {"config": config, "config_text": config_path.read_text() if config else None, "stats": stats}
+    return {"config": config, "config_text": config_path.read_text() if config else None, "shards": shards,
+            "stats": prep_stats(shards) if shards else [], "catalog": catalog_summary(shards) if shards else None}
+
+
+def prep_stats(shards: str | dict[str, float]) -> list[tuple[str, dict[str, Any]]]:
+    """The `stats.json` of each folder of a shard set or mix, with the folder (none found: empty)."""
+    found: dict[str, dict[str, Any]] = {}
+    for spec in [shards] if isinstance(shards, str) else list(shards):
+        for folder, _ in shard_folders(spec):
+            path = folder / STATS_FILE
+            if str(folder) not in found and path.is_file():
+                found[str(folder)] = json.loads(path.read_text())
+    return list(found.items())
+
+
+def _stats_lines(stats: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not stats:
+        return ["- The prep stats of the training shards were not found next to the run; licenses unknown."]
+    lines = []
+    for folder, row in stats:
+        where = f"`{folder}`: " if len(stats) > 1 else ""  # a mix: one block per set
+        lines += [
+            f"- {where}{row['tracks_kept']} tracks, {row['hours_kept']:.2f} hours, {row['segments']} segments "
+            f"({row['tracks_rejected']} inputs refused at prep)",
+            "- Licenses:",
+            *[f"  - {lic}: {n['tracks']} tracks, {n['hours']:.2f} h" for lic, n in row["by_license"].items()],
+        ]
+    return lines
+
+
+def _cell(counts: list[tuple[Any, TagCount]]) -> str:
+    return ", ".join(f"{str(value).replace('|', '/')} {count.tracks}" for value, count in counts)
+
+
+def _catalog_lines(catalog: CatalogSummary | None, shards: str | dict[str, float] | None) -> list[str]:
+    """The tag table of the training data and the link to its picture; one line when its manifest was not found."""
+    if catalog is None:
+        where = f"the training shards (`{shard_set_name(shards)}`)" if shards else "the training shards (unknown)"
+        return [f"- No manifest.jsonl was found beside {where}: the tags of the training data are unknown."]
+    tempo = tempo_range(catalog)
+    rows = [("genre", _cell(top(catalog.genres, CARD_TOP))), ("moods", _cell(top(catalog.moods, CARD_TOP))),
+            ("key", _cell(top(catalog.keys, CARD_TOP))),
+            ("bpm", f"{tempo[0]:.0f}-{tempo[2]:.0f} BPM, median {tempo[1]:.0f}" if tempo else "")]
+    lines = [f"Tags of the {catalog.tracks} tracks ({catalog.hours:.2f} hours) in the manifest of "
+             f"`{catalog.shards}`; estimated: filled from the audio by `mgft prep --auto-tags`.", "",
+             "| tag | tracks labeled | estimated | most frequent (tracks) |", "|---|---:|---:|---|"]
+    for tag, cell in rows:
+        labeled = catalog.labeled[tag]
+        lines.append(f"| {'tempo' if tag == 'bpm' else tag} | {labeled.tracks} of {catalog.tracks} | "
+                     f"{labeled.estimated} | {cell or '-'} |")
+    return [*lines, "", f"![Genres, moods, keys and tempi of the training data]({CATALOG_PNG})"]
 
 
 def model_card(base: str, summary: dict[str, Any], validation: dict[str, float] | None, fmt: str, lora: bool) -> str:
-    """A README.md model card: base model, data summary (hours, tracks, licenses), config, final metrics."""
-    stats = summary.get("stats")
+    """A README.md model card: base model, data summary (hours, tracks, licenses, tags), config, final metrics."""
     lines = [
         "---",
         "library_name: transformers" if fmt == "hf" else "library_name: audiocraft",
@@ -72,16 +142,8 @@ def model_card(base: str, summary: dict[str, Any], validation: dict[str, float] 
             "logits differ slightly from mgft's; `mgft generate` on this folder uses audiocraft's table.",
             "",
         ]
-    lines += ["## Training data"]
-    if stats:
-        lines += [
-            f"- {stats['tracks_kept']} tracks, {stats['hours_kept']:.2f} hours, {stats['segments']} segments "
-            f"({stats['tracks_rejected']} inputs refused at prep)",
-            "- Licenses:",
-            *[f"  - {lic}: {row['tracks']} tracks, {row['hours']:.2f} h" for lic, row in stats["by_license"].items()],
-        ]
-    else:
-        lines.append("- The prep stats of the training shards were not found next to the run; licenses unknown.")
+    lines += ["## Training data", "", *_stats_lines(summary.get("stats") or []), "",
+              *_catalog_lines(summary.get("catalog"), summary.get("shards"))]
     # The last validation, not the last logged values: those mix the last train step with an older validation.
     lines += ["", "## Final metrics", ""]
     if validation:
@@ -92,6 +154,13 @@ def model_card(base: str, summary: dict[str, Any], validation: dict[str, float] 
     if summary.get("config_text"):
         lines += ["", "## Training config", "", "```yaml", summary["config_text"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def write_card(folder: Path, card: str, summary: dict[str, Any]) -> None:
+    """`README.md`, and the `catalog.png` it links to when the training data's manifest was found."""
+    (folder / "README.md").write_text(card)
+    if summary.get("catalog") is not None:
+        catalog_png(summary["catalog"], folder / CATALOG_PNG)
 
 
 def export_hf(module, out: Path) -> Path:
@@ -152,7 +221,7 @@ def export(
         LoraConfig(r=hp["lora_rank"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
                    target_modules=hp.get("lora_targets") or list(LORA_TARGETS),
                    base_model_name_or_path=hp["pretrained"]).save_pretrained(root)
-        (root / "README.md").write_text(model_card(hp["pretrained"], summary, validation, "hf", lora))
+        write_card(root, model_card(hp["pretrained"], summary, validation, "hf", lora), summary)
         return {"adapter": str(root)}
     if lora:
         merge_lora(module.model)
@@ -164,7 +233,7 @@ def export(
             export_hf(module, target)
         else:
             write_audiocraft_export(module.model, target, xp_cfg=audiocraft_xp_cfg(module.model))
-        (target / "README.md").write_text(model_card(hp["pretrained"], summary, validation, fmt, lora))
+        write_card(target, model_card(hp["pretrained"], summary, validation, fmt, lora), summary)
         written[fmt] = str(target)
     print("\n".join(f"exported {fmt}: {path}" for fmt, path in written.items()))
     return written

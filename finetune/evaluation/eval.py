@@ -14,13 +14,15 @@ For the model (and the baseline, side by side):
    conditioned it (audiocraft's argmax chroma metric).
 
 Writes `metrics.json`, `report.html` (self-contained: metrics table, loss curves from the run's `metrics.jsonl`,
-spectrograms and chroma of generated vs reference, audio players), the WAVs and pictures under `samples/`, and logs
-the same to wandb (offline unless an API key is configured).
+the tag distribution of the held-out and the training catalog from their shards' `manifest.jsonl`, spectrograms and
+chroma of generated vs reference, audio players), the WAVs and pictures under `samples/`, and logs the same to wandb
+(offline unless an API key is configured).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +79,8 @@ def evaluate(
         top_k: Sampling top-k (audiocraft 250).
         cfg: Classifier-free guidance (audiocraft 3.0).
         seed: Sampling seed (the same for model and baseline).
-        run_dir: The training run folder whose `metrics.jsonl` gives the loss curves (default: found from a .ckpt).
+        run_dir: The training run folder whose `metrics.jsonl` gives the loss curves and whose `config.yaml` names
+            the training shards (default: found from a .ckpt).
         wandb: Also log the metrics and media to wandb (offline unless an API key is configured).
         trust_checkpoint: Allow checkpoints that need arbitrary unpickling (never for files you did not make).
         audiocraft_base: For an audiocraft export as --model or --baseline: the transformers MusicGen (folder or hub
@@ -96,6 +99,11 @@ def evaluate(
         raise ValueError("--embedder clap needs --clap PATH (a local transformers CLAP checkpoint)")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is None and model.endswith(".ckpt"):
+        ckpt = Path(model)
+        run_dir = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    # Cheap, and before the models: a manifest that cannot be read fails here, not after an hour of generation.
+    catalogs = catalog_pictures(out_dir, data.shards, Path(run_dir) if run_dir else None)
     module = load_for_inference(model, trust_checkpoint=trust_checkpoint, audiocraft_base=audiocraft_base)
     codec = module.model.audio_encoder  # frozen, so the fine-tune's EnCodec is the base model's
     held = held_out(data.shards, num_samples, codec)
@@ -108,24 +116,58 @@ def evaluate(
         results["baseline"] = evaluate_model("baseline", baseline, base, data, held, chooser, out_dir, **common)
     reference_rows = write_samples(out_dir / "samples" / "reference", held.audio, held.captions, held.chroma)
 
-    if run_dir is None and model.endswith(".ckpt"):
-        ckpt = Path(model)
-        run_dir = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
     history = loss_history(Path(run_dir)) if run_dir else []
     metrics = {name: result["metrics"] for name, result in results.items()}
     metrics["settings"] = {"shards": data.shards, "num_samples": len(held.keys), "seconds": held.seconds,
                            "decoder": decoder, "embedder": chooser.name, "top_k": top_k, "cfg": cfg, "seed": seed}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report = write_report(out_dir / "report.html", metrics, {k: v["samples"] for k, v in results.items()},
-                          reference_rows, history)
+                          reference_rows, history, catalogs)
     if wandb:
-        _log_wandb(out_dir, metrics, results)
+        _log_wandb(out_dir, metrics, results, catalogs)
     print(json.dumps({k: v for k, v in metrics.items() if k != "settings"}, indent=2))
     print(f"eval: metrics in {out_dir / 'metrics.json'}, report in {report}")
     return metrics
 
 
-def _log_wandb(out_dir: Path, metrics: dict[str, Any], results: dict[str, Any]) -> None:
+def training_shards(run_dir: Path) -> str | dict[str, float] | None:
+    """The `data.shards` a run trained on (a set or a weighted mix), from its saved `config.yaml`; None if unknown."""
+    import yaml
+
+    config_path = run_dir / "config.yaml"  # written by LightningCLI at fit start
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    return ((config or {}).get("data") or {}).get("shards")
+
+
+def catalog_pictures(out_dir: Path, heldout: str, run_dir: Path | None) -> list[dict[str, str | None]]:
+    """The tag distribution pictures of the held-out shards and, when the run's config names them, the training shards.
+
+    Args:
+        out_dir: Where the PNGs go (`catalog_heldout.png`, `catalog_training.png`).
+        heldout: The evaluated shards.
+        run_dir: The training run folder, or None.
+
+    Returns:
+        One row per shard set: `name` (heldout or training), `label` (its heading), `shards` (the set's name) and
+        `png` (None when no manifest was found beside the shards).
+    """
+    from finetune.evaluation.catalog import catalog_png, catalog_summary, shard_set_name
+
+    train = training_shards(run_dir) if run_dir else None
+    if isinstance(train, str) and os.path.realpath(train) == os.path.realpath(heldout):  # one picture, said so
+        sets = [("training and held-out", "heldout", heldout)]
+    else:
+        sets = [("held-out", "heldout", heldout)] + ([("training", "training", train)] if train else [])
+    rows: list[dict[str, str | None]] = []
+    for label, stem, shards in sets:
+        summary = catalog_summary(shards)
+        png = catalog_png(summary, out_dir / f"catalog_{stem}.png") if summary else None
+        rows.append({"name": stem, "label": label, "shards": shard_set_name(shards), "png": str(png) if png else None})
+    return rows
+
+
+def _log_wandb(out_dir: Path, metrics: dict[str, Any], results: dict[str, Any],
+               catalogs: list[dict[str, str | None]]) -> None:
     import wandb as wb
 
     from finetune.training.loggers import Wandb
@@ -136,5 +178,8 @@ def _log_wandb(out_dir: Path, metrics: dict[str, Any], results: dict[str, Any]) 
         run.log({f"{name}/{k}": v for k, v in result["metrics"].items() if isinstance(v, int | float)})
         run.log({f"{name}/audio": [wb.Audio(r["wav"], caption=r["caption"]) for r in result["samples"]],
                  f"{name}/spectrogram": [wb.Image(r["spectrogram"], caption=r["caption"]) for r in result["samples"]]})
+    pictures = {f"catalog/{c['name']}": wb.Image(c["png"], caption=c["shards"]) for c in catalogs if c["png"]}
+    if pictures:
+        run.log(pictures)
     run.summary.update({"settings": metrics["settings"]})
     run.finish()

@@ -1,4 +1,4 @@
-"""The self-contained `report.html` of `mgft eval`: metrics table, loss curves, pictures and audio players.
+"""The self-contained `report.html` of `mgft eval`: metrics table, loss curves, catalog, pictures and audio players.
 
 Everything (PNG pictures, WAV audio) is embedded as data URIs, so the file can be mailed or attached to a ticket and
 opens anywhere. A small inline script counts the pictures that decoded and the audio players that loaded their
@@ -82,6 +82,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }
 td img { display: block; max-width: 360px; }
+img.catalog { display: block; max-width: 100%; }
 audio { width: 360px; }
 td:first-child { max-width: 220px; }
 small { color: #666; font-weight: normal; }
@@ -104,9 +105,33 @@ document.querySelectorAll('audio').forEach(a => a.addEventListener('loadedmetada
 """
 
 
+def _catalog_section(catalogs: list[dict[str, str | None]]) -> str:
+    parts = ["<p>Genres, moods, keys and tempi of the tracks, from the <code>manifest.jsonl</code> that "
+             "<code>mgft prep</code> wrote beside the shards; hatched: estimated from the audio (--auto-tags).</p>"]
+    for row in catalogs:
+        label, shards = html.escape(str(row["label"])), html.escape(str(row["shards"]))
+        parts.append(f"<h3>{label}: <code>{shards}</code></h3>")
+        parts.append(f'<img class="catalog" src="{_data_uri(row["png"], "image/png")}" alt="{label} catalog">'
+                     if row["png"] else "<p>No manifest.jsonl was found beside these shards.</p>")
+    return "\n".join(parts)
+
+
 def write_report(path: Path, metrics: dict[str, Any], samples: dict[str, list[dict[str, str]]],
-                 reference: list[dict[str, str]], history: list[dict[str, float]]) -> Path:
-    """Write the report; `samples` maps "model"/"baseline" to their clip rows, `reference` the held-out clips."""
+                 reference: list[dict[str, str]], history: list[dict[str, float]],
+                 catalogs: list[dict[str, str | None]] | None = None) -> Path:
+    """Write the report.
+
+    Args:
+        path: The HTML file to write; the loss curve PNG goes beside it.
+        metrics: What metrics.json holds (per model, and `settings`).
+        samples: "model"/"baseline" -> their clip rows (`wav`, `spectrogram`, optional `chroma`, `caption`).
+        reference: The held-out clip rows, in the same order.
+        history: The training run's metric rows (`loss_history`).
+        catalogs: Catalog pictures (`label`, `shards`, `png` or None), as `eval.catalog_pictures` makes them.
+
+    Returns:
+        `path`.
+    """
     settings = metrics.get("settings", {})
     curve = loss_curves_png(history, path.parent / "loss_curves.png")
     curve_html = (f'<img src="{_data_uri(curve, "image/png")}" alt="loss curves">' if curve
@@ -129,6 +154,8 @@ top-k {settings.get('top_k', '')}, CFG {settings.get('cfg', '')}, seed {settings
 {_metrics_table(metrics)}
 <h2>Loss curves</h2>
 {curve_html}
+<h2>Catalog</h2>
+{_catalog_section(catalogs) if catalogs else "<p>No shard set to describe.</p>"}
 <h2>Samples</h2>
 <table><tr>{header}</tr>{''.join(rows)}</table>
 {_CHECK}

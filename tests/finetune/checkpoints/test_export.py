@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from finetune.__main__ import main
+from tests.finetune.evaluation.test_catalog import ROWS, write_set
 from tests.finetune.test_fit import LORA, fit_args
 
 
@@ -58,11 +62,23 @@ def test_hf_export_loads_with_plain_transformers_and_generates(finetuned: Path, 
     assert audio.shape[0] == 1 and audio.shape[1] == 2 and torch.isfinite(audio).all()
 
 
-def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_path: Path) -> None:
+def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_path: Path,
+                                                        stereo_melody_shards: Path) -> None:
+    from PIL import Image
+
     main(["export", str(finetuned), "--out", str(tmp_path / "both")])
+    manifest = [json.loads(x) for x in (stereo_melody_shards / "manifest.jsonl").read_text().splitlines()]
+    genre, tracks = Counter(row["metadata"]["genre"] for row in manifest).most_common(1)[0]
     for fmt in ("hf", "audiocraft"):
         card = (tmp_path / "both" / fmt / "README.md").read_text()
         assert "CC0-1.0" in card and "tracks" in card and "hours" in card
+        # The tag table of the training shards' manifest, and its picture beside the card.
+        assert "## Training data" in card and "| tag | tracks labeled | estimated | most frequent (tracks) |" in card
+        assert f"| genre | {len(manifest)} of {len(manifest)} | 0 | {genre} {tracks}" in card
+        assert "| tempo |" in card and " BPM, median " in card
+        assert "![Genres, moods, keys and tempi of the training data](catalog.png)" in card
+        with Image.open(tmp_path / "both" / fmt / "catalog.png") as image:
+            assert image.format == "PNG" and image.size == (1080, 765)
         assert "lora_rank: 8" in card  # the resolved training config
         # The last validation with its step (3, the run ended at 4), not the last logged values, which mixed the
         # train loss of step 4 with the val/ce of step 3.
@@ -74,6 +90,36 @@ def test_model_card_lists_the_datas_licenses_and_config(finetuned: Path, tmp_pat
     assert "condition_provider.conditioners.self_wav.output_proj.weight" in package["best_state"]
     assert torch.load(exported / "compression_state_dict.bin", weights_only=True)["pretrained"] == \
         "facebook/encodec_32khz"
+
+
+def test_model_card_of_a_mix_and_of_shards_without_manifest(tmp_path: Path) -> None:
+    """The card's data section for a weighted mix (stats and tags of both sets), and for shards without a manifest."""
+    from finetune.checkpoints.export import model_card, run_summary, write_card
+
+    a, b = write_set(tmp_path / "a", ROWS[:2]), write_set(tmp_path / "b", ROWS[2:])
+    for folder, tracks in ((a, 2), (b, 3)):
+        (folder / "stats.json").write_text(json.dumps({"tracks_kept": tracks, "hours_kept": 1.0, "segments": 9,
+                                                       "tracks_rejected": 0, "by_license": {}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"shards": {str(a): 3, str(b): 1}}}))
+    summary = run_summary(run / "checkpoints" / "last.ckpt")
+    card = model_card("facebook/musicgen-small", summary, None, "hf", lora=True)
+    write_card(tmp_path, card, summary)
+    assert f"- `{a}`: 2 tracks" in card and f"- `{b}`: 3 tracks" in card
+    assert f"manifest of `{a} (weight 3) + {b} (weight 1)`" in card
+    assert "| genre | 4 of 5 | 1 | ambient 3, synthwave 1 |" in card
+    assert "| key | 5 of 5 | 1 | A minor 1, C major 1, Eb major 1, F# minor 1, modal 1 |" in card
+    assert "| tempo | 4 of 5 | 1 | 72-140 BPM, median 102 |" in card
+    assert (tmp_path / "catalog.png").stat().st_size > 20_000
+
+    (a / "manifest.jsonl").unlink()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"shards": str(a)}}))
+    summary = run_summary(run / "checkpoints" / "last.ckpt")
+    card = model_card("facebook/musicgen-small", summary, None, "hf", lora=True)
+    write_card(tmp_path / "run", card, summary)
+    assert f"- No manifest.jsonl was found beside the training shards (`{a}`)" in card and "catalog.png" not in card
+    assert "- 2 tracks, 1.00 hours" in card and not (run / "catalog.png").exists()
 
 
 def test_adapter_only_export_restores_the_merged_model(finetuned: Path, tmp_path: Path) -> None:

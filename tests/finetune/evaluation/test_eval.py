@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from finetune.__main__ import main
+from tests.finetune.evaluation.test_catalog import ROWS, write_set
 from tests.finetune.test_fit import LORA, fit_args
 
 
@@ -65,11 +70,50 @@ def test_report_renders_in_headless_chromium(evaluated: Path, tmp_path: Path) ->
     dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    # 3 held-out rows x (reference, model, baseline) x (spectrogram + chroma) + the loss curves = 19 pictures;
-    # 9 audio players. The page's own check counts the decoded pictures and the players whose audio loaded.
-    assert "images 19/19 audio 9/9" in html, html[html.find("render-check") - 10:][:200]
+    # 3 held-out rows x (reference, model, baseline) x (spectrogram + chroma) + the loss curves + the catalog = 20
+    # pictures; 9 audio players. The page's own check counts the decoded pictures and the players whose audio loaded.
+    assert "images 20/20 audio 9/9" in html, html[html.find("render-check") - 10:][:200]
     assert "fad_encodec" in html and "chroma_cosine" in html
     shot = tmp_path / "report.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,2200", report.as_uri()],
                    capture_output=True, timeout=180, check=True)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_report_shows_the_catalog(evaluated: Path, audio_shards: Path) -> None:
+    from PIL import Image
+
+    html = (evaluated / "report.html").read_text()
+    section = html[html.index("<h2>Catalog</h2>"):html.index("<h2>Samples</h2>")]
+    # The run trained on the shards it is scored on: one picture, named so.
+    assert f"<h3>training and held-out: <code>{audio_shards}</code></h3>" in section
+    pictures = re.findall(r'<img class="catalog" src="data:image/png;base64,([^"]+)"', section)
+    assert len(pictures) == 1
+    png = base64.b64decode(pictures[0])
+    assert len(png) > 20_000  # four panels of bars and text, not an empty frame
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (1080, 765)
+    assert (evaluated / "catalog_heldout.png").read_bytes() == png
+
+
+def test_catalog_pictures_of_the_held_out_and_the_training_shards(tmp_path: Path) -> None:
+    from finetune.evaluation.eval import catalog_pictures
+    from finetune.evaluation.report import write_report
+
+    train, val = write_set(tmp_path / "train", ROWS[:3]), write_set(tmp_path / "val", ROWS[3:])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"shards": {str(train): 0.5, str(val): 0.5}}}))
+    rows = catalog_pictures(tmp_path, str(val), run)
+    assert [(r["name"], r["label"]) for r in rows] == [("heldout", "held-out"), ("training", "training")]
+    assert rows[1]["shards"] == f"{train} (weight 0.5) + {val} (weight 0.5)"
+    assert [r["png"] for r in rows] == [str(tmp_path / "catalog_heldout.png"), str(tmp_path / "catalog_training.png")]
+    assert all(Path(r["png"]).stat().st_size > 20_000 for r in rows)
+
+    # A run trained elsewhere (its shards are not here), and no run at all.
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"shards": "/elsewhere/train"}}))
+    rows = catalog_pictures(tmp_path, str(val), run)
+    assert [(r["label"], r["png"] is None) for r in rows] == [("held-out", False), ("training", True)]
+    assert [r["label"] for r in catalog_pictures(tmp_path, str(val), None)] == ["held-out"]
+    html = write_report(tmp_path / "report.html", {"model": {"model": "m"}}, {}, [], [], rows).read_text()
+    assert html.count('<img class="catalog"') == 1 and "No manifest.jsonl was found beside these shards." in html
