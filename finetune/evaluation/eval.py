@@ -6,7 +6,8 @@ r"""`mgft eval`: what a fine-tune did, measured on held-out shards, against its 
 For the model (and the baseline, side by side):
 
 1. validation cross-entropy and perplexity per codebook over the held-out shards (audiocraft's masked loss, no
-   condition dropout);
+   condition dropout); for melody models also with each sample given another sample's melody, whose difference
+   (`melody_gain`, nats per code) says whether the model uses its melody at all;
 2. generation from the held-out captions (and, for melody models, their melodies), as long as each held-out segment;
 3. Frechet audio distance between the generated and the held-out audio (the shards' `audio.flac`; without
    `--keep-audio` at prep, the EnCodec resynthesis of their codes), on EnCodec latents or CLAP embeddings;

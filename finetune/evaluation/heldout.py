@@ -47,21 +47,42 @@ class HeldOut:
 @torch.no_grad()
 def codebook_cross_entropy(module, shards: str, batch_size: int = 8,
                            max_samples: int | None = None) -> dict[str, float]:
-    """`val/ce`, `val/ppl` and per codebook `val/ce_q{k}`, `val/ppl_q{k}` over the held-out shards."""
+    """`val/ce`, `val/ppl` and per codebook `val/ce_q{k}`, `val/ppl_q{k}` over the held-out shards.
+
+    For a melody model, also `val/ce_other_melody`: the cross-entropy of the same codes when each sample is given
+    the melody of the next sample in its batch (rolled by one), and `melody_gain` = that minus `val/ce`, in nats per
+    code. A model that follows its melody predicts the codes better with their own melody: the gain is positive. A
+    model that ignores the chroma scores 0, whatever its generations happen to sound like; the chroma cosine of
+    generated audio cannot tell those apart when the generations are poor. Neighbouring samples are often segments
+    of one track (same key, other notes), so the gain is a lower bound of what a random other melody would show.
+    Batches of one sample (the last, say) have no other melody and count for `val/ce` only.
+    """
     from finetune.lm.data import MusicGenData
     from finetune.lm.loss import codebook_nll_sums
 
     loader = MusicGenData(shards, val_shards=shards, batch_size=batch_size, num_workers=0,
                           val_samples=max_samples, require_chroma=module.is_melody).val_dataset(0, 1)
-    sums = torch.zeros(2, module.num_codebooks, dtype=torch.float64)
+    sums = torch.zeros(2, module.num_codebooks, dtype=torch.float64)  # [nll sum | code count, K]
+    # [own melody | other melody, nll sum | code count, K], over the batches of two or more samples
+    paired = torch.zeros(2, 2, module.num_codebooks, dtype=torch.float64)
     for batch in tqdm(loader, desc="cross-entropy", unit="batch"):
         logits, targets, mask = module(batch, train=False)  # [B, K, T, card], [B, K, T], [B, K, T]
-        sums += codebook_nll_sums(logits, targets, mask).double()
+        own = codebook_nll_sums(logits, targets, mask).double()
+        sums += own
+        if module.is_melody and batch["chroma"] is not None and len(batch["keys"]) > 1:
+            other = {**batch, "chroma": batch["chroma"].roll(1, dims=0),
+                     "chroma_valid_frames": batch["chroma_valid_frames"].roll(1, dims=0)}
+            paired[0] += own
+            paired[1] += codebook_nll_sums(*module(other, train=False)).double()
     ce = sums[0] / sums[1].clamp(min=1)
     metrics = {"val/ce": float(ce.mean()), "val/ppl": float(ce.mean().exp())}
     for k, value in enumerate(ce):
         metrics[f"val/ce_q{k}"] = float(value)
         metrics[f"val/ppl_q{k}"] = float(value.exp())
+    if paired[0, 1].sum() > 0:
+        own_ce, other_ce = (paired[:, 0] / paired[:, 1].clamp(min=1)).mean(dim=1)  # mean over codebooks, as val/ce
+        metrics["val/ce_other_melody"] = float(other_ce)
+        metrics["melody_gain"] = float(other_ce - own_ce)
     return metrics
 
 

@@ -58,7 +58,7 @@ def _data_uri(path: str | Path, mime: str) -> str:
 def _metrics_table(metrics: dict[str, Any]) -> str:
     models = [name for name in ("model", "baseline") if name in metrics]
     keys = sorted({k for name in models for k, v in metrics[name].items() if isinstance(v, int | float)},
-                  key=lambda k: (not k.startswith(("fad", "chroma")), k.count("_q"), k))
+                  key=lambda k: (not k.startswith(("fad", "chroma", "melody")), k.count("_q"), k))
     head = "".join(f"<th>{html.escape(name)}<br><small>{html.escape(str(metrics[name]['model']))}</small></th>"
                    for name in models)
     rows = []

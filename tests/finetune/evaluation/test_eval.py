@@ -117,3 +117,37 @@ def test_catalog_pictures_of_the_held_out_and_the_training_shards(tmp_path: Path
     assert [r["label"] for r in catalog_pictures(tmp_path, str(val), None)] == ["held-out"]
     html = write_report(tmp_path / "report.html", {"model": {"model": "m"}}, {}, [], [], rows).read_text()
     assert html.count('<img class="catalog"') == 1 and "No manifest.jsonl was found beside these shards." in html
+
+
+def test_melody_gain_compares_each_samples_own_melody_with_another(tiny_lm_dir: Path, audio_shards: Path) -> None:
+    import torch
+
+    from finetune.evaluation.heldout import codebook_cross_entropy
+    from finetune.inference.load import load_for_inference
+
+    module = load_for_inference(str(tiny_lm_dir / "musicgen-stereo-melody"))
+    # At random init (weights of std 0.02) the melody moves the logits by about 1e-4 of their size, and the gain is
+    # about 1e-7 nats. Weights of std 0.3 in the decoder and the chroma projection make the melody matter, so that
+    # another melody must change the cross-entropy if it reaches the model at all. (A gain of either sign: this
+    # model was not trained to follow melodies.)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in [module.model.audio_enc_to_dec_proj, *module.model.decoder.modules()]:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(std=0.3, generator=generator)
+    metrics = codebook_cross_entropy(module, str(audio_shards), batch_size=4)
+    # Every batch here holds 4 samples, so the own-melody half of the pair is val/ce itself.
+    assert metrics["melody_gain"] == pytest.approx(metrics["val/ce_other_melody"] - metrics["val/ce"], abs=1e-9)
+    assert abs(metrics["melody_gain"]) > 1e-5, metrics["melody_gain"]  # measured 2.7e-4
+    # The first 4 samples are whole segments (equal valid frames): only the chroma itself differs there.
+    first = codebook_cross_entropy(module, str(audio_shards), batch_size=4, max_samples=4)
+    assert abs(first["melody_gain"]) > 1e-5, first["melody_gain"]
+
+    # A model blind to the chroma (its projection zeroed: every melody embeds to 0) gains nothing.
+    with torch.no_grad():
+        module.model.audio_enc_to_dec_proj.weight.zero_()
+        module.model.audio_enc_to_dec_proj.bias.zero_()
+    blind = codebook_cross_entropy(module, str(audio_shards), batch_size=4)
+    assert blind["melody_gain"] == pytest.approx(0.0, abs=1e-6)
+    # Batches of one sample have no other melody to compare with.
+    assert "melody_gain" not in codebook_cross_entropy(module, str(audio_shards), batch_size=1, max_samples=4)
