@@ -50,12 +50,13 @@ def codebook_cross_entropy(module, shards: str, batch_size: int = 8,
     """`val/ce`, `val/ppl` and per codebook `val/ce_q{k}`, `val/ppl_q{k}` over the held-out shards.
 
     For a melody model, also `val/ce_other_melody`: the cross-entropy of the same codes when each sample is given
-    the melody of the next sample in its batch (rolled by one), and `melody_gain` = that minus `val/ce`, in nats per
-    code. A model that follows its melody predicts the codes better with their own melody: the gain is positive. A
-    model that ignores the chroma scores 0, whatever its generations happen to sound like; the chroma cosine of
-    generated audio cannot tell those apart when the generations are poor. Neighbouring samples are often segments
-    of one track (same key, other notes), so the gain is a lower bound of what a random other melody would show.
-    Batches of one sample (the last, say) have no other melody and count for `val/ce` only.
+    the melody of the sample half a batch away (the batch rolled by B // 2), and `melody_gain` = that minus
+    `val/ce`, in nats per code. A model that follows its melody predicts the codes better with their own melody: the
+    gain is positive. A model that ignores the chroma scores 0, whatever its generations happen to sound like; the
+    chroma cosine of generated audio cannot tell those apart when the generations are poor. Held-out samples come
+    in shard order, so neighbours are often segments of one track (same key, other notes): half a batch away is
+    another track for most, and a long track's own segments only lower the gain. Batches of one sample (the last,
+    say) have no other melody and count for `val/ce` only.
     """
     from finetune.lm.data import MusicGenData
     from finetune.lm.loss import codebook_nll_sums
@@ -70,8 +71,9 @@ def codebook_cross_entropy(module, shards: str, batch_size: int = 8,
         own = codebook_nll_sums(logits, targets, mask).double()
         sums += own
         if module.is_melody and batch["chroma"] is not None and len(batch["keys"]) > 1:
-            other = {**batch, "chroma": batch["chroma"].roll(1, dims=0),
-                     "chroma_valid_frames": batch["chroma_valid_frames"].roll(1, dims=0)}
+            shift = len(batch["keys"]) // 2  # half a batch away: past the other segments of most tracks
+            other = {**batch, "chroma": batch["chroma"].roll(shift, dims=0),
+                     "chroma_valid_frames": batch["chroma_valid_frames"].roll(shift, dims=0)}
             paired[0] += own
             paired[1] += codebook_nll_sums(*module(other, train=False)).double()
     ce = sums[0] / sums[1].clamp(min=1)
