@@ -18,8 +18,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from data_prep.schema import SPECIAL_TOKEN_ID, STATS_FILE
 from finetune.architectures import LORA_TARGETS
 from finetune.evaluation.catalog import (
@@ -27,10 +25,13 @@ from finetune.evaluation.catalog import (
     TagCount,
     catalog_png,
     catalog_summary,
+    run_config,
+    run_folder,
     shard_folders,
     shard_set_name,
     tempo_range,
     top,
+    training_shards,
 )
 
 CATALOG_PNG = "catalog.png"
@@ -63,11 +64,9 @@ def run_summary(ckpt: Path) -> dict[str, Any]:
         `config` and `config_text` (None without `RUN/config.yaml`), `shards` (`data.shards`: a set or a weighted mix),
         `stats` ([(folder, its stats.json)], one per folder found) and `catalog` (`CatalogSummary` or None).
     """
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
-    shards = ((config or {}).get("data") or {}).get("shards")
-    return {"config": config, "config_text": config_path.read_text() if config else None, "shards": shards,
+    config, config_text = run_config(run_folder(ckpt))
+    shards = training_shards(config)
+    return {"config": config, "config_text": config_text if config else None, "shards": shards,
             "stats": prep_stats(shards) if shards else [], "catalog": catalog_summary(shards) if shards else None}
 
 

@@ -186,6 +186,27 @@ def shard_folders(shards: str) -> list[tuple[Path, set[str] | None]]:
     return list(folders.items())
 
 
+def run_folder(ckpt: Path) -> Path:
+    """The run folder of a checkpoint: RUN for `RUN/checkpoints/last.ckpt` (mgft fit's layout), else its folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def run_config(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's resolved config (`RUN/config.yaml`, written by LightningCLI at fit start), parsed and as text."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None, None
+    text = path.read_text()
+    return yaml.safe_load(text), text
+
+
+def training_shards(config: dict[str, Any] | None) -> str | dict[str, float] | None:
+    """The `data.shards` a run's config names (a set or a weighted mix), or None."""
+    return ((config or {}).get("data") or {}).get("shards")
+
+
 def shard_set_name(shards: str | dict[str, float]) -> str:
     """A shard set as a title names it; a weighted mix as "a (weight 0.8) + b (weight 0.2)"."""
     if isinstance(shards, str):

@@ -91,6 +91,7 @@ def evaluate(
         The metrics written to metrics.json.
     """
     # Here, not at the top: `mgft eval -h` must not wait for torch, transformers and Lightning.
+    from finetune.evaluation.catalog import run_folder
     from finetune.evaluation.heldout import evaluate_model, held_out, write_samples
     from finetune.evaluation.metrics import ClapEmbedder, EncodecEmbedder
     from finetune.evaluation.report import loss_history, write_report
@@ -101,8 +102,7 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_dir is None and model.endswith(".ckpt"):
-        ckpt = Path(model)
-        run_dir = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+        run_dir = str(run_folder(Path(model)))
     # Cheap, and before the models: a manifest that cannot be read fails here, not after an hour of generation.
     catalogs = catalog_pictures(out_dir, data.shards, Path(run_dir) if run_dir else None)
     module = load_for_inference(model, trust_checkpoint=trust_checkpoint, audiocraft_base=audiocraft_base)
@@ -131,15 +131,6 @@ def evaluate(
     return metrics
 
 
-def training_shards(run_dir: Path) -> str | dict[str, float] | None:
-    """The `data.shards` a run trained on (a set or a weighted mix), from its saved `config.yaml`; None if unknown."""
-    import yaml
-
-    config_path = run_dir / "config.yaml"  # written by LightningCLI at fit start
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
-    return ((config or {}).get("data") or {}).get("shards")
-
-
 def catalog_pictures(out_dir: Path, heldout: str, run_dir: Path | None) -> list[dict[str, str | None]]:
     """The tag distribution pictures of the held-out shards and, when the run's config names them, the training shards.
 
@@ -152,9 +143,9 @@ def catalog_pictures(out_dir: Path, heldout: str, run_dir: Path | None) -> list[
         One row per shard set: `name` (heldout or training), `label` (its heading), `shards` (the set's name) and
         `png` (None when no manifest was found beside the shards).
     """
-    from finetune.evaluation.catalog import catalog_png, catalog_summary, shard_set_name
+    from finetune.evaluation.catalog import catalog_png, catalog_summary, run_config, shard_set_name, training_shards
 
-    train = training_shards(run_dir) if run_dir else None
+    train = training_shards(run_config(run_dir)[0]) if run_dir else None
     if isinstance(train, str) and os.path.realpath(train) == os.path.realpath(heldout):  # one picture, said so
         sets = [("training and held-out", "heldout", heldout)]
     else:
