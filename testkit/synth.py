@@ -425,6 +425,15 @@ def compose_melody(spec: TrackSpec, rng: np.random.Generator) -> list[Note]:
     return notes
 
 
+def compose_random_melody(spec: TrackSpec, rng: np.random.Generator) -> list[Note]:
+    """One note a beat, each pitch drawn uniformly from the octave above middle C: no scale, no contour, no loop.
+
+    Nothing but the melody says which note comes next, so a melody model can only predict a note change from its
+    melody condition (`bench/melody_following.py`).
+    """
+    return [Note(float(beat), 1.0, 60 + int(rng.integers(12))) for beat in range(_n_bars(spec) * 4)]
+
+
 def compose_bass(spec: TrackSpec) -> list[Note]:
     """Bass line: the chord root on every beat, the fifth on beat three."""
     scale = SCALES[spec.mode]
@@ -558,6 +567,19 @@ def render_stems(spec: TrackSpec) -> dict[str, np.ndarray]:
     if spec.drums:
         stems["drums"] = _render_drums(spec, rng)
     return stems
+
+
+def render_random_melody(spec: TrackSpec) -> np.ndarray:
+    """A lone FM-bell lead playing `compose_random_melody`, panned as the track's lead, peak at `PEAK_DBFS`.
+
+    Returns:
+        float32 `[frames, 2]`.
+    """
+    sr = spec.sample_rate
+    lead = _render_notes(spec, compose_random_melody(spec, np.random.default_rng(spec.seed)),
+                         lambda freq, length: _fm_bell(freq, length, sr))
+    mix = _pan(lead, spec.lead_pan) * _envelope(spec.frames, sr, 0.005, min(0.5, spec.duration / 4))[:, None]
+    return (mix * (10 ** (PEAK_DBFS / 20) / max(float(np.abs(mix).max()), 1e-9))).astype(np.float32)
 
 
 def render_track(spec: TrackSpec) -> np.ndarray:
