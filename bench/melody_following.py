@@ -12,9 +12,9 @@ the tiny stereo-melody MusicGen of `mgft tiny-models` from random init with ever
   pitch classes, each held for 2 to 8 chroma frames, and each pitch class is one fixed code per codebook; nothing in
   the codes before a note change says when it comes or what it changes to. A gain here shows the melody path works
   end to end (chroma -> `audio_enc_to_dec_proj` -> the prefix -> attention to the frame at the same time).
-- audio: a synthesized catalog of a lone FM-bell lead playing a random pitch every beat (`testkit.synth.
-  render_random_melody`), prepped as `mgft prep --melody` does, with the tiny EnCodec and tiny HTDemucs. The same
-  question on real codes, where a pitch is one of many things a code says.
+- audio: a synthesized catalog of a lone lead (plucked string or FM bell) playing a random pitch every beat
+  (`testkit.synth.render_random_melody`), prepped as `mgft prep --melody` does, with the tiny EnCodec and tiny
+  HTDemucs. The same question on real codes, where a pitch is one of many things a code says.
 
 Prints the held-out cross-entropy with the own melody and with another, and the gain, at each saved step. Cost on 2
 CPU cores: control ~8 min for 1500 steps; audio ~10 min of synthesis and prep for 240 tracks, then ~8 min per 1500
@@ -84,7 +84,7 @@ def audio_catalog(out: Path, tracks: int, seconds: float, seed: int) -> Path:
         path = out / f"{spec.index:04d}.flac"
         sf.write(path, render_random_melody(spec), spec.sample_rate, format="FLAC")
         sidecar = {"title": f"Random melody {spec.index}", "artist": "mgft bench", "license": "CC0-1.0",
-                   "description": "a lone FM bell playing a random pitch every beat"}
+                   "description": f"a lone {spec.lead} playing a random pitch every beat"}
         path.with_suffix(".json").write_text(json.dumps(sidecar) + "\n")
     return out
 

@@ -495,7 +495,11 @@ def _render_notes(spec: TrackSpec, notes: list[Note], voice: Callable[[float, in
 
 def _render_lead(spec: TrackSpec, rng: np.random.Generator) -> np.ndarray:
     """Lead stem, mono, before panning."""
-    notes = compose_melody(spec, rng)
+    return _render_lead_notes(spec, compose_melody(spec, rng), rng)
+
+
+def _render_lead_notes(spec: TrackSpec, notes: list[Note], rng: np.random.Generator) -> np.ndarray:
+    """`notes` on the track's lead instrument, mono, before panning."""
     sr = spec.sample_rate
     if spec.lead == "pluck":
         # Every pluck gets its own noise burst, as a real string would, so no caching across notes.
@@ -570,15 +574,15 @@ def render_stems(spec: TrackSpec) -> dict[str, np.ndarray]:
 
 
 def render_random_melody(spec: TrackSpec) -> np.ndarray:
-    """A lone FM-bell lead playing `compose_random_melody`, panned as the track's lead, peak at `PEAK_DBFS`.
+    """The track's lead instrument alone playing `compose_random_melody`, panned as its lead, peak at `PEAK_DBFS`.
 
     Returns:
         float32 `[frames, 2]`.
     """
-    sr = spec.sample_rate
-    lead = _render_notes(spec, compose_random_melody(spec, np.random.default_rng(spec.seed)),
-                         lambda freq, length: _fm_bell(freq, length, sr))
-    mix = _pan(lead, spec.lead_pan) * _envelope(spec.frames, sr, 0.005, min(0.5, spec.duration / 4))[:, None]
+    rng = np.random.default_rng(spec.seed)
+    lead = _render_lead_notes(spec, compose_random_melody(spec, rng), rng)
+    fade = _envelope(spec.frames, spec.sample_rate, 0.005, min(0.5, spec.duration / 4))  # as `render_track`'s
+    mix = _pan(lead, spec.lead_pan) * fade[:, None]
     return (mix * (10 ** (PEAK_DBFS / 20) / max(float(np.abs(mix).max()), 1e-9))).astype(np.float32)
 
 

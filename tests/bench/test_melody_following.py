@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soxr
 import torch
 import webdataset as wds
@@ -55,8 +56,9 @@ def test_control_codes_follow_the_aligned_pitch_class_and_only_it(tmp_path: Path
     assert first["chroma.npy"] != samples[0]["chroma.npy"]  # another seed, other melodies
 
 
-def test_the_random_melody_is_what_the_audio_plays() -> None:
-    spec = synth.plan_catalog(1, 6.0, seed=7)[0]
+@pytest.mark.parametrize("lead", ["pluck", "fm"])
+def test_the_random_melody_is_what_the_audio_plays(lead: str) -> None:
+    spec = next(s for s in synth.plan_catalog(8, 10.0, seed=7) if s.lead == lead)
     melody = synth.compose_random_melody(spec, np.random.default_rng(spec.seed))
     audio = synth.render_random_melody(spec)  # [N, 2]
     assert audio.shape == (spec.frames, 2) and np.abs(audio).max() <= 1.0
@@ -66,5 +68,5 @@ def test_the_random_melody_is_what_the_audio_plays() -> None:
     beat_of_frame = np.arange(len(chroma)) * 4096 / 32000 * spec.bpm / 60
     drawn = np.array([melody[min(int(b), len(melody) - 1)].midi % 12 for b in beat_of_frame])
     inner = (beat_of_frame % 1 > 0.2) & (beat_of_frame % 1 < 0.8) & (beat_of_frame < len(melody) - 1)
-    assert (chroma[inner] == drawn[inner]).mean() > 0.8
+    assert (chroma[inner] == drawn[inner]).mean() > 0.6  # chance: 1/12
     assert len(set(drawn)) >= 6  # random pitches, not a loop of a few
