@@ -17,8 +17,8 @@ the tiny stereo-melody MusicGen of `mgft tiny-models` from random init with ever
   HTDemucs. The same question on real codes, where a pitch is one of many things a code says.
 
 Prints the held-out cross-entropy with the own melody and with another, and the gain, at each saved step. Cost on 2
-CPU cores: control ~8 min for 1500 steps; audio ~10 min of synthesis and prep for 240 tracks, then ~8 min per 1500
-steps. Figures and what they mean for the demo: docs/tiny-models.md.
+CPU cores, 1500 steps: control 8 min; audio 12.5 min (synthesis and prep of 256 tracks included). Figures and what
+they mean for the demo: docs/tiny-models.md.
 """
 
 from __future__ import annotations
