@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from data_prep.schema import CARDINALITY, FRAME_RATE, SAMPLE_RATE, chroma_frames
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "musicgen-stereo-melody"
-CHROMA_FRAMES = 40  # chroma frames (7.8 Hz) of a 5 s segment
-CODE_FRAMES = 250  # EnCodec frames (50 Hz) of a 5 s segment
+SEGMENT_SECONDS = 5
+CHROMA_FRAMES = chroma_frames(SEGMENT_SECONDS * SAMPLE_RATE)  # 40 at 7.8 Hz
+CODE_FRAMES = SEGMENT_SECONDS * FRAME_RATE  # 250 at 50 Hz
 CODEBOOKS = 8  # stereo: 4 left, 4 right
-CARD = 2048
 
 
 def mgft(*args: str) -> None:
@@ -55,7 +58,7 @@ def control_shards(out: Path, samples: int, seed: int) -> Path:
     """
     import webdataset as wds
 
-    table = np.random.default_rng(0).integers(0, CARD, size=(CODEBOOKS, 12))  # [K, 12]
+    table = np.random.default_rng(0).integers(0, CARDINALITY, size=(CODEBOOKS, 12))  # [K, 12]
     rng = np.random.default_rng(seed)
     frame_of_code = np.minimum(np.arange(CODE_FRAMES) * CHROMA_FRAMES // CODE_FRAMES, CHROMA_FRAMES - 1)  # [T]
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ def control_shards(out: Path, samples: int, seed: int) -> Path:
             key = f"control_{i:05d}"
             info = {"schema_version": 2, "key": key, "track_key": key, "segment_index": 0, "caption": "",
                     "license": "CC0-1.0", "valid_frames": CODE_FRAMES, "num_frames": CODE_FRAMES,
-                    "chroma_valid_frames": CHROMA_FRAMES, "sample_rate": 32000, "channels": 2}
+                    "chroma_valid_frames": CHROMA_FRAMES, "sample_rate": SAMPLE_RATE, "channels": 2}
             tar.write({"__key__": key, "json": info,
                        "codes.npy": table[:, pitch[frame_of_code]].astype(np.int16),  # [K, T]
                        "chroma.npy": np.eye(12, dtype=np.float32)[pitch]})  # [F, 12]
@@ -76,7 +79,7 @@ def control_shards(out: Path, samples: int, seed: int) -> Path:
 
 
 def audio_catalog(out: Path, tracks: int, seconds: float, seed: int) -> Path:
-    """Write `tracks` random-melody tracks (48 kHz stereo FLAC) with CC0 sidecars under `out`."""
+    """Write `tracks` random-melody tracks (stereo FLAC at 44.1 or 48 kHz) with CC0 sidecars under `out`."""
     from testkit.synth import plan_catalog, render_random_melody
 
     out.mkdir(parents=True, exist_ok=True)
@@ -132,13 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         shards, val = control_shards(out / "shards", args.samples, seed=1), control_shards(out / "val", 64, seed=2)
     else:
         prep = ["--codec", str(models / "encodec_32khz"), "--demucs", str(models / "htdemucs"), "--melody",
-                "--channels", "2", "--segment-seconds", "5"]
+                "--channels", "2", "--segment-seconds", str(SEGMENT_SECONDS)]
         shards, val = out / "shards", out / "val"
         for catalog, tracks, seed, dest in ((out / "catalog", args.tracks, 20, shards),
                                             (out / "catalog-val", 16, 21, val)):
             if not (dest / "stats.json").exists():
                 audio_catalog(catalog, tracks, 10.0, seed)
                 mgft("prep", "--input", str(catalog), "--output", str(dest), *prep)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run each time, not a resume of the last one
     train(models, shards, val, out / "run", args.steps, args.every)
     for ckpt in (out / "run" / "checkpoints").glob("step*.ckpt"):  # the trainer keeps one every 10 steps (13 MB)
         if int(ckpt.stem[4:]) % args.every:
