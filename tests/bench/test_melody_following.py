@@ -19,6 +19,7 @@ import torch
 import webdataset as wds
 
 from data_prep.chroma import ChromaExtractor
+from data_prep.schema import CHROMA_HOP, SAMPLE_RATE
 from testkit import synth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +63,10 @@ def test_the_random_melody_is_what_the_audio_plays(lead: str) -> None:
     melody = synth.compose_random_melody(spec, np.random.default_rng(spec.seed))
     audio = synth.render_random_melody(spec)  # [N, 2]
     assert audio.shape == (spec.frames, 2) and np.abs(audio).max() <= 1.0
-    wav = soxr.resample(audio.mean(1), spec.sample_rate, 32000)
+    wav = soxr.resample(audio.mean(1), spec.sample_rate, SAMPLE_RATE)
     chroma = ChromaExtractor()(torch.from_numpy(wav.astype(np.float32))[None, None])[0].argmax(-1).numpy()  # [F]
-    # The drawn pitch class sounding at each chroma frame's centre (4096-sample hop at 32 kHz).
-    beat_of_frame = np.arange(len(chroma)) * 4096 / 32000 * spec.bpm / 60
+    # The drawn pitch class sounding at each chroma frame's centre.
+    beat_of_frame = np.arange(len(chroma)) * CHROMA_HOP / SAMPLE_RATE * spec.bpm / 60
     drawn = np.array([melody[min(int(b), len(melody) - 1)].midi % 12 for b in beat_of_frame])
     inner = (beat_of_frame % 1 > 0.2) & (beat_of_frame % 1 < 0.8) & (beat_of_frame < len(melody) - 1)
     assert (chroma[inner] == drawn[inner]).mean() > 0.6  # chance: 1/12
