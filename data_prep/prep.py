@@ -16,10 +16,12 @@ Killed at any point and rerun with the same command, it finishes with exactly th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from data_prep.schema import (
     CHROMA_DTYPE,
     SAMPLE_RATE,
     SCHEMA_VERSION,
+    SHARD_GLOB,
     SampleInfo,
     num_frames,
     sample_key,
@@ -120,10 +123,23 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def nothing_prepped(out_dir: Path) -> bool:
+    """No rank of the prep in `out_dir` has committed a shard or a reject (nor left a shard file) yet."""
+    if any(out_dir.glob(SHARD_GLOB)):
+        return False
+    return not any(read_journal(path).done for path in out_dir.glob("journal.r*.jsonl"))
+
+
 def check_settings(out_dir: Path, settings: PrepSettings) -> None:
-    """Record the settings on the first run; refuse to resume or add ranks with different ones."""
+    """Record the settings on the first run; refuse to resume or add ranks with different ones.
+
+    Settings under which nothing was committed (a run that failed before its first track: a model that did not load,
+    a wrong flag found late) are replaced, so the corrected command can use the same `--output`.
+    """
     path = out_dir / CONFIG_FILE
     current = asdict(settings)
+    if path.exists() and nothing_prepped(out_dir):
+        path.unlink()
     if path.exists():
         previous = json.loads(path.read_text())
         # Older outputs stored the model paths as typed: compare them resolved, as this version stores them.
@@ -631,10 +647,42 @@ def check_split_layout(out_dir: Path, split: bool) -> None:
 def _prep_into(out_dir: Path, all_tracks: list[Track], settings: PrepSettings, rank: int, world_size: int,
                device: str, workers: int) -> dict[str, Any]:
     """Prep `all_tracks` (this rank's share of them) into one output folder, resuming what it holds."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with rank_lock(out_dir, rank):
+        check_settings(out_dir, settings)
+        try:
+            return _prep_resumed(out_dir, all_tracks, settings, rank, world_size, device, workers)
+        except BaseException:
+            if nothing_prepped(out_dir):  # failed before its first track: leave nothing that a rerun must match
+                (out_dir / CONFIG_FILE).unlink(missing_ok=True)
+                if created:
+                    shutil.rmtree(out_dir)
+            raise
+
+
+@contextlib.contextmanager
+def rank_lock(out_dir: Path, rank: int) -> Iterator[None]:
+    """Hold a lock on this rank's journal while it preps: a second prep of the same rank and folder is refused.
+
+    Its resume would delete the first one's open shard (`clean_uncommitted`). The lock is the kernel's (flock on the
+    journal, which an empty file starts), so a killed prep releases it.
+    """
+    import fcntl
+
+    with open(journal_path(out_dir, rank), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"--output {out_dir}: another mgft prep is running there as rank {rank}; wait for it, "
+                             "or stop it and rerun this command to resume") from None
+        yield
+
+
+def _prep_resumed(out_dir: Path, all_tracks: list[Track], settings: PrepSettings, rank: int, world_size: int,
+                  device: str, workers: int) -> dict[str, Any]:
     from data_prep.merge import format_summary, merge_if_complete
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_settings(out_dir, settings)
     tracks = partition(all_tracks, rank, world_size)
     jpath = journal_path(out_dir, rank)
     state = read_journal(jpath, repair=True)

@@ -111,26 +111,42 @@ def main(argv: list[str] | None = None) -> None:
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
-"""What bad input raises (a wrong number or path, a file that is not what a flag wants); `cli` prints these as one
-line. Commands check their arguments before loading anything and raise ValueError naming the flag and the rule."""
+"""What a wrong command line raises (a wrong number or path, a flag's rule broken); `cli` prints these as one line
+with exit status 2. Commands check their arguments before loading anything and raise ValueError naming the flag."""
+
+
+INTERRUPTED: dict[str, str] = {
+    "prep": ": rerun the same command to resume (committed shards and rejects are kept; nothing is prepped twice)",
+    "prep-merge": ": rerun it (the merge writes each file whole)",
+}
+"""What a Ctrl-C'd command leaves, said after `interrupted` (fit checkpoints first and says so itself)."""
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """The `mgft` console entry point: `main`, with bad input ending in one line on stderr and exit status 2.
+    """The `mgft` console entry point: `main`, with bad input ending in one line on stderr instead of a traceback.
 
-    Set MGFT_DEBUG=1 for the traceback. In-process callers (tests, notebooks) call `main`, which raises.
+    Exit status 2 for a wrong command line (`USER_ERRORS`), 1 for a file it names that cannot be used or data that
+    went bad during a run (`finetune.errors`). Set MGFT_DEBUG=1 for the traceback. In-process callers (tests,
+    notebooks) call `main`, which raises.
     """
     import os
 
+    from finetune.errors import BadFileError, DataError, one_line
+
+    args = sys.argv[1:] if argv is None else argv
+    command = f"mgft {args[0]}" if args else "mgft"
     try:
         main(argv)
-    except USER_ERRORS as e:
+    except KeyboardInterrupt:
         if os.environ.get("MGFT_DEBUG"):
             raise
-        args = sys.argv[1:] if argv is None else argv
-        command = f"mgft {args[0]}" if args else "mgft"
-        print(f"{command}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"{command}: interrupted{INTERRUPTED.get(args[0] if args else '', '')}", file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
+    except (BadFileError, DataError, *USER_ERRORS) as e:
+        if os.environ.get("MGFT_DEBUG"):
+            raise
+        print(f"{command}: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(e, BadFileError | DataError) else 2) from None
 
 
 if __name__ == "__main__":

@@ -27,12 +27,55 @@ LIGHTNING_COMMANDS = ("fit", "validate")
 MBD_COMMANDS = ("mbd-fit", "mbd-validate")
 
 
+RESUME_SETTINGS = ("refuse", "checkpoint", "config")
+"""`--resume_settings`: what to do when `--ckpt_path`'s model settings differ from the run's config."""
+
+
 class MgftCLI(LightningCLI):
     """LightningCLI that keeps a run in one folder: `default_root_dir/{config.yaml, checkpoints/, wandb/, samples/}`.
 
     Checkpoints go to a fixed `checkpoints/` folder (not one per logger version) so `--ckpt_path last` finds the
     previous segment's checkpoint after a kill or a SLURM requeue, when the logger starts a new run.
     """
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
+        """`--resume_settings refuse|checkpoint|config`, for a `--ckpt_path` trained with other model settings."""
+        parser.add_argument(
+            "--resume_settings", type=str, default="refuse", choices=RESUME_SETTINGS,
+            help="when --ckpt_path was trained with other model settings than the config: refuse (default), "
+                 "checkpoint (take the checkpoint's model settings), config (keep the config's, e.g. a new lr)")
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path`, check the file is whole, and compare its model settings with the config's.
+
+        Replaces LightningCLI's version, which loads the whole file (a truncated one ends in a traceback) and silently
+        replaces the config's `model` section with the checkpoint's hyperparameters: a checkpoint of another run would
+        swap the model without a word. Here that is refused, listing the differing keys, unless `--resume_settings`
+        says which side to take.
+        """
+        if not self.config.get("subcommand"):
+            return
+        cfg = self.config[self.config.subcommand]
+        root = cfg.trainer.get("default_root_dir") or os.getcwd()
+        path = resolve_ckpt_path(cfg, Path(root) / "checkpoints")
+        if path is None:
+            return
+        from finetune.checkpoints.integrity import check_checkpoint, stored_hyperparameters
+
+        check_checkpoint(path)
+        stored = stored_hyperparameters(path)
+        differing = {key: (value, cfg.model[key]) for key, value in stored.items()
+                     if key in cfg.model and _plain(cfg.model[key]) != _plain(value)}
+        if not differing or cfg.resume_settings == "config":
+            return
+        if cfg.resume_settings == "checkpoint":
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": stored}}, self.config)
+            return
+        listed = "; ".join(f"model.{key}: {_short(ours)} here, {_short(theirs)} in the checkpoint"
+                           for key, (theirs, ours) in sorted(differing.items()))
+        raise ValueError(f"--ckpt_path {path} was trained with other model settings ({listed}): resume with the "
+                         "run's own config (config.yaml in its folder), or pass --resume_settings checkpoint to take "
+                         "the checkpoint's (config: keep this config's)")
 
     def before_instantiate_classes(self) -> None:
         """Check the config before any model is built, and point loggers without a `save_dir` at the run folder.
@@ -49,7 +92,6 @@ class MgftCLI(LightningCLI):
             raise ValueError(f"data.steps_per_epoch ({per_epoch}) must be a multiple of "
                              f"trainer.accumulate_grad_batches ({accumulate})")
         root = cfg.trainer.get("default_root_dir") or os.getcwd()
-        resolve_ckpt_path(cfg, Path(root) / "checkpoints")
         if self.model_class is MusicGenLM and cfg.data.get("shards"):
             from finetune.lm.data import shard_sets
 
@@ -120,21 +162,42 @@ def check_shards_fit_model(model_cfg, shards: str) -> None:  # noqa: ANN001 (a j
                          f"{name}'s EnCodec runs at {layout['sample_rate']} Hz")
 
 
-def resolve_ckpt_path(cfg, checkpoints: Path) -> None:  # noqa: ANN001 (a jsonargparse Namespace)
-    """`--ckpt_path last` must find a checkpoint in `checkpoints`; `--ckpt_path auto` resumes when there is one.
+def resolve_ckpt_path(cfg, checkpoints: Path) -> Path | None:  # noqa: ANN001 (a jsonargparse Namespace)
+    """The checkpoint `--ckpt_path` names: `last` must find one in `checkpoints`, `auto` resumes when there is one.
 
     Lightning starts from scratch (with a warning) when `last` finds nothing, so a mistyped run folder would train a
     new model and exit 0. `auto` (litgpt's `resume="auto"`) is for jobs that run the same command first and after a
-    requeue (slurm/fit.sbatch).
+    requeue (slurm/fit.sbatch); it becomes `last` or None in `cfg`.
+
+    Returns:
+        The checkpoint file or folder to resume from (for `last`, the newest `last*.ckpt`, as Lightning picks it), or
+        None when there is none to resume (or `ckpt_path` names Lightning's `best`/`hpc`).
     """
     wanted = cfg.get("ckpt_path")
-    if wanted not in ("last", "auto"):
-        return
-    found = checkpoints.is_dir() and any(checkpoints.glob("last*.ckpt"))
-    if wanted == "last" and not found:
-        raise ValueError(f"--ckpt_path last: no checkpoint in {checkpoints} (check trainer.default_root_dir; "
-                         "--ckpt_path auto starts fresh when there is none)")
-    cfg.ckpt_path = "last" if found else None
+    if wanted in ("last", "auto"):
+        found = sorted(checkpoints.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if checkpoints.is_dir() else []
+        if wanted == "last" and not found:
+            raise ValueError(f"--ckpt_path last: no checkpoint in {checkpoints} (check trainer.default_root_dir; "
+                             "--ckpt_path auto starts fresh when there is none)")
+        cfg.ckpt_path = "last" if found else None
+        return found[-1] if found else None
+    if wanted is None or wanted in ("best", "hpc", "registry"):
+        return None
+    return Path(wanted)
+
+
+def _plain(value: object) -> object:
+    """A config value as plain data (jsonargparse Namespaces as dicts, tuples as lists), for comparing settings."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _short(value: object, width: int = 40) -> str:
+    text = repr(_plain(value))
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def default_plugins() -> list[dict]:

@@ -18,14 +18,11 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-META_FILE = "meta.pt"  # Lightning's name for the non-tensor part of a distributed checkpoint
+from finetune.checkpoints.integrity import META_FILE, check_checkpoint, is_distributed_checkpoint
+
+__all__ = ["META_FILE", "SHARDED_PREFIX", "is_distributed_checkpoint", "read_distributed_checkpoint"]
+
 SHARDED_PREFIX = "sharded."  # DCP entries of sharded tensors found outside the model and optimizer states (the EMA)
-
-
-def is_distributed_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether `path` is a DCP checkpoint folder (has DCP's `.metadata` and mgft's `meta.pt`)."""
-    folder = Path(path)
-    return folder.is_dir() and (folder / ".metadata").is_file() and (folder / META_FILE).is_file()
 
 
 def _indexed_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +68,7 @@ def read_distributed_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     folder = Path(path)
-    if not is_distributed_checkpoint(folder):
-        raise FileNotFoundError(f"{folder} is not a distributed checkpoint (no .metadata and {META_FILE})")
+    check_checkpoint(folder)  # every shard file listed and whole, meta.pt readable: else one line naming what is not
     meta = torch.load(folder / META_FILE, map_location="cpu", weights_only=True)  # plain containers and tensors only
     # Every stored tensor, whole, without a process group (the loader behind DCP's own dcp_to_torch_save).
     tensors = _load_state_dict_from_keys(checkpoint_id=str(folder))

@@ -162,6 +162,54 @@ def write_card(folder: Path, card: str, summary: dict[str, Any]) -> None:
         catalog_png(summary["catalog"], folder / CATALOG_PNG)
 
 
+EXPORT_NAMES = (
+    "README.md", CATALOG_PNG,  # the model card
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "tokenizer*.json", "special_tokens_map.json", "spiece.model",  # transformers
+    "state_dict.bin", "compression_state_dict.bin",  # audiocraft
+    "adapter_config.json", "adapter_model.safetensors",  # peft
+)
+"""What an export writes into a folder (`hf/` and `audiocraft/` hold the same for `--format both`)."""
+
+
+def _written_by_export(path: Path) -> bool:
+    if path.is_dir():
+        return path.name in ("hf", "audiocraft") and all(_written_by_export(p) for p in path.iterdir())
+    return any(path.match(pattern) for pattern in EXPORT_NAMES)
+
+
+def check_out_folder(out: Path, overwrite: bool) -> list[Path]:
+    """What must go before exporting into `out`: nothing, or with `overwrite` an earlier export's files.
+
+    Removing them first means an adapter and a merged model never end up mixed in one folder.
+
+    Raises:
+        ValueError: `out` is a file; it holds files and `overwrite` is off; or it holds files no export wrote.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return []
+    if not overwrite:
+        raise ValueError(f"--out {out} already holds files ({', '.join(p.name for p in entries[:3])}"
+                         f"{', ...' if len(entries) > 3 else ''}): choose a new folder, or pass --overwrite to replace "
+                         "the earlier export there")
+    foreign = [p.name for p in entries if not _written_by_export(p)]
+    if foreign:
+        raise ValueError(f"--out {out} holds files that no mgft export wrote ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}): --overwrite replaces an export only; choose another "
+                         "folder")
+    return entries
+
+
+def _remove(entries: list[Path]) -> None:
+    import shutil
+
+    for path in entries:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def export_hf(module, out: Path) -> Path:
     """transformers files: `save_pretrained` of the composite model, tokenizer and audiocraft-like generation config."""
     model = module.model
@@ -183,6 +231,7 @@ def export(
     out: str,
     format: Literal["hf", "audiocraft", "both"] = "both",
     adapter_only: bool = False,
+    overwrite: bool = False,
     trust_checkpoint: bool = False,
 ) -> dict[str, str]:
     """Export an mgft checkpoint for transformers and/or audiocraft, with a model card.
@@ -193,6 +242,7 @@ def export(
         format: hf, audiocraft or both.
         adapter_only: For a LoRA run, save only the peft adapter (`adapter_config.json`, `adapter_model.safetensors`)
             for the decoder instead of merged weights.
+        overwrite: Replace an earlier export in `out` (a folder holding anything else is still refused).
         trust_checkpoint: Allow checkpoints that need arbitrary unpickling (never for files you did not make).
 
     Returns:
@@ -201,16 +251,18 @@ def export(
     from finetune.checkpoints.audiocraft import audiocraft_xp_cfg, write_audiocraft_export
     from finetune.lm.module import MusicGenLM
 
+    root = Path(out)
+    earlier = check_out_folder(root, overwrite)  # before the model loads: a refused folder costs nothing
     module, checkpoint = MusicGenLM.from_checkpoint(ckpt, trust_checkpoint)
     hp = checkpoint["hyper_parameters"]
     lora = hp.get("lora_rank", 0) > 0
     summary = run_summary(Path(ckpt))
     validation = checkpoint.get("mgft", {}).get("validation")
-    root = Path(out)
     written: dict[str, str] = {}
+    if adapter_only and not lora:
+        raise ValueError("--adapter-only needs a LoRA run (model.lora_rank > 0)")
+    _remove(earlier)  # the checkpoint loaded: the earlier export can go
     if adapter_only:
-        if not lora:
-            raise ValueError("--adapter-only needs a LoRA run (model.lora_rank > 0)")
         from peft import LoraConfig, get_peft_model_state_dict
         from safetensors.torch import save_file
 

@@ -26,10 +26,14 @@ import pathlib
 import pickle
 import re
 import types
+import zipfile
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+
+from finetune.checkpoints.integrity import check_checkpoint
+from finetune.errors import BadFileError
 
 __all__ = [
     "OMEGACONF_SAFE_GLOBALS",
@@ -377,36 +381,8 @@ def _unsafe_globals(path: str, error: Exception) -> list[str] | None:
         return sorted(set(found)) or None
 
 
-def not_a_checkpoint(path: str | os.PathLike) -> str | None:
-    """Why `path` cannot be a torch checkpoint, from what it is and its first bytes; None when it may be one.
-
-    torch.load's own errors for such files mislead (`pop from empty list` for a WAV, advice to trust a text file).
-    torch writes a zip archive (starting `PK`); files of torch < 1.6 start with a pickle protocol byte (0x80).
-    """
-    from finetune.checkpoints.distributed import is_distributed_checkpoint
-
-    p = pathlib.Path(path)
-    if not p.exists():
-        return "no such file or folder"
-    if p.is_dir():
-        if is_distributed_checkpoint(p):
-            return None
-        if (p / "config.json").is_file():
-            return "a transformers model folder (config.json), not a training checkpoint: it is already a model"
-        return "a folder that holds no checkpoint (a sharded checkpoint has a .metadata file)"
-    with open(p, "rb") as f:
-        head = f.read(16)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return None
-    from data_prep.audio import sniff_container
-
-    if not head:
-        return "an empty file"
-    if kind := sniff_container(head):
-        return f"an audio file ({kind}), not a checkpoint"
-    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-        return "a text file, not a checkpoint"
-    return "not a torch checkpoint (neither a zip archive nor a pickle)"
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def safe_torch_load(
@@ -438,18 +414,20 @@ def safe_torch_load(
     Raises:
         UnsafeCheckpointError: the file needs globals outside the allowlist and `trust_checkpoint` is False.
         FileNotFoundError: the file does not exist.
+        BadFileError: the file is not a checkpoint, or it is truncated or corrupt (`check_checkpoint`).
     """
     from finetune.checkpoints.distributed import is_distributed_checkpoint, read_distributed_checkpoint
 
+    check_checkpoint(path)  # whole and of the right kind, from its directory and first bytes: else one line
     if is_distributed_checkpoint(path):  # a sharded run's folder: tensors whole, meta.pt with weights_only
         return read_distributed_checkpoint(path)
-    if problem := not_a_checkpoint(path):
-        raise ValueError(f"{path}: {problem}")
     path = os.fspath(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_error = error
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:  # a record inside the archive is damaged
+        raise BadFileError(f"{path}: corrupt checkpoint, torch cannot read it ({_first_line(error)})") from error
     unsafe = _unsafe_globals(path, first_error)
     if unsafe is not None and set(unsafe) <= _ALLOWED_NAMES:
         with torch.serialization.safe_globals(OMEGACONF_SAFE_GLOBALS):

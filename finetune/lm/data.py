@@ -71,6 +71,7 @@ from data_prep.schema import (
     chroma_frames,
     read_valid_frames,
 )
+from finetune.errors import DataError
 from finetune.lm.captions import augment_caption
 from finetune.training.stream_position import StreamPosition, resumed_worker
 
@@ -102,10 +103,6 @@ BATCH_KEYS = tuple(Batch.__annotations__)
 """The keys of every batch."""
 
 _MAX_WARNINGS_PER_SHARD = 5  # a bad shard is resampled again and again; its warnings would flood the log
-
-
-class DataError(RuntimeError):
-    """A data problem that must stop training: never swallowed by the corrupt-sample handler."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
