@@ -111,6 +111,7 @@ class MgftCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 logger.experiment.finish()
+        exit_if_interrupted(self.trainer)
 
     def before_validate(self) -> None:
         """Put checkpoints in the run's `checkpoints/` folder, as for `fit`."""
@@ -129,6 +130,21 @@ class MgftCLI(LightningCLI):
         if self.trainer.checkpoint_callbacks and not any(isinstance(c, FinalCheckpoint)
                                                          for c in self.trainer.callbacks):
             self.trainer.callbacks.append(FinalCheckpoint())
+
+
+def exit_if_interrupted(trainer) -> None:  # noqa: ANN001 (a Lightning Trainer)
+    """After a run that Ctrl-C or SIGTERM stopped (`PreemptionCheckpoint`): say where it stopped, exit 128 + signal."""
+    import signal
+    import sys
+
+    from finetune.training.preemption import PreemptionCheckpoint
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, PreemptionCheckpoint) and callback.interrupted:
+            if trainer.is_global_zero:
+                print(f"mgft fit: stopped by {callback.interrupted} at step {callback.saved_step}, checkpointed to "
+                      f"{callback.saved_path}; to go on, run the same command with --ckpt_path last", file=sys.stderr)
+            raise SystemExit(128 + signal.Signals[callback.interrupted])
 
 
 def check_shards_fit_model(model_cfg, shards: str) -> None:  # noqa: ANN001 (a jsonargparse Namespace)
