@@ -26,12 +26,14 @@ Validation stream
     whole val shard list; cap it with `val_samples` for large val sets.
 
 Corrupt data
-    An unreadable shard or member (`tarfile_to_samples` handler) or an undecodable sample (bad npy/json, wrong
-    shape, codes out of range) is skipped with a warning and counted, never raised; each batch carries
-    `batch["skipped"]`, the number of skips of its worker since that worker's previous batch, so the trainer can log
-    (sum) it. Once a worker has seen `skip_check_after` samples, a skipped fraction above `max_skipped_fraction`
-    raises `DataError` naming the shard. Configuration errors (missing chroma with `require_chroma`, mixed codebook
-    counts) raise `DataError` at once.
+    Every sample is checked on its own before it can reach a batch (`decode_sample`, `SampleSpec`): integer codes of
+    the set's number of codebooks, 1 to the set's segment length of frames, codes in [0, 2048), a valid-frame count
+    inside them, and for a set with melodies a finite `[F, 12]` chroma of the codes' length. A bad sample, an
+    unreadable shard or a broken tar member is skipped and counted, never raised; each batch carries `skipped`, the
+    samples this worker skipped since its previous batch (named), which the trainer reports once per sample and
+    counts (`train/skipped_samples`). Once a worker has seen `skip_check_after` samples, a skipped fraction above
+    `max_skipped_fraction` raises `DataError` naming the shards. What a set holds (the spec) is read from its first
+    sample before training, which must itself be whole (`describe_shards`: else one line, no training).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -71,7 +74,7 @@ from data_prep.schema import (
     chroma_frames,
     read_valid_frames,
 )
-from finetune.errors import DataError
+from finetune.errors import BadFileError, DataError
 from finetune.lm.captions import augment_caption
 from finetune.training.stream_position import StreamPosition, resumed_worker
 
@@ -87,7 +90,7 @@ class Batch(TypedDict):
         chroma: float32 one-hot `[B, F, 12]`, F padded with 0; None unless every sample has a melody.
         chroma_valid_frames: int64 `[B]` or None, chroma frames of each sample that hold audio.
         keys: the shard keys of the samples (for logs and tests).
-        skipped: corrupt samples this worker skipped since its previous batch.
+        skipped: the corrupt samples this worker skipped since its previous batch, each as "KEY in SHARD: reason".
     """
 
     codes: torch.Tensor
@@ -96,14 +99,11 @@ class Batch(TypedDict):
     chroma: torch.Tensor | None
     chroma_valid_frames: torch.Tensor | None
     keys: list[str]
-    skipped: int
+    skipped: list[str]
 
 
 BATCH_KEYS = tuple(Batch.__annotations__)
 """The keys of every batch."""
-
-_MAX_WARNINGS_PER_SHARD = 5  # a bad shard is resampled again and again; its warnings would flood the log
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shard lists and seeds
@@ -188,12 +188,29 @@ def _key_bucket(key: str, num_streams: int) -> int:
 # Samples and batches
 
 
-def decode_sample(raw: dict[str, Any], require_chroma: bool = False) -> dict[str, Any]:
-    """Decode one raw webdataset sample (bytes per extension) into tensors; `audio.flac` is ignored.
+@dataclass(frozen=True)
+class SampleSpec:
+    """What every sample of a shard set must look like, from its first sample (`describe_shards`).
+
+    Attributes:
+        num_codebooks: K of the codes (4 mono, 8 stereo); the first sample's K is checked against the model.
+        max_frames: The set's segment length in frames: prep writes every segment at it (short ones padded), so a
+            longer one is corrupt (and could exhaust memory).
+        has_chroma: The set holds melodies: every sample needs a chroma of its codes' length.
+    """
+
+    num_codebooks: int
+    max_frames: int
+    has_chroma: bool
+
+
+def decode_sample(raw: dict[str, Any], require_chroma: bool = False, spec: SampleSpec | None = None) -> dict[str, Any]:
+    """Decode one raw webdataset sample (bytes per extension) into tensors, checked; `audio.flac` is ignored.
 
     Args:
         raw: `{"__key__", "__url__", "codes.npy": bytes, "json": bytes, ["chroma.npy": bytes], ...}`.
         require_chroma: Raise `DataError` when the sample has no `chroma.npy` (melody models need it).
+        spec: What the set's samples look like; None checks the sample on its own only.
 
     Returns:
         `{"key", "url", "codes": int64 [K, T], "valid_frames": int, "caption": str | None, "metadata": dict,
@@ -201,7 +218,7 @@ def decode_sample(raw: dict[str, Any], require_chroma: bool = False) -> dict[str
 
     Raises:
         DataError: `require_chroma` and the sample has no chroma.
-        ValueError: The sample is corrupt (the caller skips and counts it).
+        ValueError: The sample is corrupt (the caller skips and counts it); the message says why, without the key.
     """
     key = raw.get("__key__", "?")
     if require_chroma and CHROMA_KEY not in raw:
@@ -210,27 +227,43 @@ def decode_sample(raw: dict[str, Any], require_chroma: bool = False) -> dict[str
             "prep the shards with --melody"
         )
     if CODES_KEY not in raw or INFO_KEY not in raw:
-        raise ValueError(f"sample {key} lacks {CODES_KEY} or {INFO_KEY} (has {sorted(raw)})")
+        raise ValueError(f"lacks {CODES_KEY} or {INFO_KEY} (has {sorted(raw)})")
     codes = np.load(io.BytesIO(raw[CODES_KEY]), allow_pickle=False)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"sample {key}: codes must be integer [K, T], got {codes.dtype} {codes.shape}")
-    if codes.size and (codes.min() < 0 or codes.max() >= CARDINALITY):
-        raise ValueError(f"sample {key}: codes outside [0, {CARDINALITY})")
+        raise ValueError(f"codes must be integer [K, T], got {codes.dtype} {list(codes.shape)}")
+    k, num_frames = codes.shape
+    if k % CODEBOOKS_PER_CHANNEL or not 0 < k <= 2 * CODEBOOKS_PER_CHANNEL:
+        raise ValueError(f"codes have {k} codebooks, neither mono ({CODEBOOKS_PER_CHANNEL}) nor stereo "
+                         f"({2 * CODEBOOKS_PER_CHANNEL})")
+    if spec is not None and k != spec.num_codebooks:
+        raise ValueError(f"codes have {k} codebooks, the set's samples {spec.num_codebooks}")
+    if num_frames < 1 or (spec is not None and num_frames > spec.max_frames):
+        limit = f", the set's segments {spec.max_frames}" if spec is not None else ""
+        raise ValueError(f"codes have {num_frames} frames{limit}")
+    if codes.min() < 0 or codes.max() >= CARDINALITY:
+        raise ValueError(f"codes outside [0, {CARDINALITY}): min {codes.min()}, max {codes.max()}")
     info = json.loads(raw[INFO_KEY])
     if not isinstance(info, dict):
-        raise ValueError(f"sample {key}: json is a {type(info).__name__}, not an object")
-    num_frames = codes.shape[1]
+        raise ValueError(f"json is a {type(info).__name__}, not an object")
     valid = read_valid_frames(info, num_frames)  # schema 1 counted a partial last frame; this is the floor
     if not 0 <= valid <= num_frames:
-        raise ValueError(f"sample {key}: valid_frames {valid} outside [0, {num_frames}]")
+        raise ValueError(f"valid_frames {valid} outside [0, {num_frames}]")
     chroma, chroma_valid = None, None
     if CHROMA_KEY in raw:
         array = np.load(io.BytesIO(raw[CHROMA_KEY]), allow_pickle=False)
-        if array.ndim != 2 or array.shape[1] != N_CHROMA:
-            raise ValueError(f"sample {key}: chroma must be [F, {N_CHROMA}], got {array.shape}")
+        expected = chroma_frames(num_frames * HOP_LENGTH)
+        # A segment length that is not whole frames puts the chroma one frame off what the codes imply.
+        if array.ndim != 2 or array.shape[1] != N_CHROMA or abs(array.shape[0] - expected) > 1:
+            raise ValueError(f"chroma must be [{expected}, {N_CHROMA}] for {num_frames} code frames, got "
+                             f"{list(array.shape)}")
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+            raise ValueError(f"chroma must be finite floats, got {array.dtype}"
+                             f"{'' if not np.issubdtype(array.dtype, np.floating) else ' with NaN or inf'}")
         chroma = torch.from_numpy(array.astype(np.float32, copy=False))
         stored = info.get("chroma_valid_frames")
         chroma_valid = min(int(stored), array.shape[0]) if stored is not None else array.shape[0]
+    elif spec is not None and spec.has_chroma:
+        raise ValueError(f"has no {CHROMA_KEY}, which the set's samples hold")
     caption = info.get("caption")
     metadata = info.get("metadata") or {}
     return {
@@ -277,19 +310,19 @@ def crop_sample(sample: dict[str, Any], max_frames: int, start: int = 0) -> dict
     return out
 
 
-def collate(samples: list[dict[str, Any]], skipped: int = 0) -> Batch:
+def collate(samples: list[dict[str, Any]], skipped: list[str] | None = None) -> Batch:
     """Stack decoded samples into the batch the LightningModule consumes.
 
     Args:
         samples: `decode_sample` outputs (possibly cropped and with augmented captions).
-        skipped: Corrupt samples skipped by this worker since its previous batch.
+        skipped: The corrupt samples skipped by this worker since its previous batch.
 
     Returns:
         A `Batch`.
 
     Raises:
         ValueError: `samples` is empty.
-        DataError: The samples disagree on the number of codebooks (mono and stereo shards mixed).
+        DataError: The samples disagree on the number of codebooks (`decode_sample` with a spec rules it out).
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -316,7 +349,7 @@ def collate(samples: list[dict[str, Any]], skipped: int = 0) -> Batch:
         "chroma": chroma,
         "chroma_valid_frames": chroma_valid,
         "keys": [s["key"] for s in samples],
-        "skipped": int(skipped),
+        "skipped": list(skipped or []),
     }
 
 
@@ -326,6 +359,9 @@ def collate(samples: list[dict[str, Any]], skipped: int = 0) -> Batch:
 
 class SkipCounter:
     """Counts the good and skipped samples of one worker's stream and enforces `max_skipped_fraction`.
+
+    Skips are not logged here, in the worker: each batch carries the ones since the previous batch (`take`), and the
+    trainer names each sample once however often a resampled stream meets it again (`MusicGenLM.training_step`).
 
     Args:
         urls: The shard list (to name the shard an exception came from).
@@ -340,7 +376,7 @@ class SkipCounter:
         self.check_after = check_after
         self.good = 0
         self.skipped = 0
-        self.pending = 0  # skips not yet reported in a batch
+        self.pending: list[str] = []  # skips not yet reported in a batch
         self.per_shard: Counter[str] = Counter()
 
     def _url_of(self, exn: BaseException) -> str:
@@ -350,33 +386,35 @@ class SkipCounter:
         text = str(exn)
         return next((u for u in self.urls if u in text), "unknown shard")
 
-    def skip(self, url: str, reason: str) -> None:
-        """Record one skipped sample (or unreadable shard/member), warn, and check the threshold."""
+    def skip(self, url: str, what: str, reason: str) -> None:
+        """Record one skipped sample (or unreadable shard or member) and check the threshold.
+
+        Args:
+            url: The shard.
+            what: What was skipped: "sample KEY", or "a member" when the tar itself is broken.
+            reason: Why, in a few words.
+        """
         self.skipped += 1
-        self.pending += 1
         self.per_shard[url] += 1
-        if self.per_shard[url] <= _MAX_WARNINGS_PER_SHARD:
-            more = " (further skips in this shard are counted silently)" if (
-                self.per_shard[url] == _MAX_WARNINGS_PER_SHARD) else ""
-            log.warning("skipping corrupt data in %s: %s%s", url, reason, more)
+        self.pending.append(f"{what} in {url}: {reason}")
         self._check(url, reason)
 
     def handler(self, exn: Exception) -> bool:
         """webdataset exception handler: count and continue (never raises the data exception itself)."""
-        self.skip(self._url_of(exn), f"{type(exn).__name__}: {exn}")
+        self.skip(self._url_of(exn), "unreadable data", f"{type(exn).__name__}: {exn}")
         return True
 
     def ok(self) -> None:
         """Record one good sample."""
         self.good += 1
 
-    def take(self) -> int:
+    def take(self) -> list[str]:
         """Skips since the last call (what the next batch reports)."""
-        pending, self.pending = self.pending, 0
+        pending, self.pending = self.pending, []
         return pending
 
     def collate(self, samples: list[dict[str, Any]]) -> Batch:
-        """`collate` with this worker's pending skip count."""
+        """`collate` with this worker's pending skips."""
         return collate(samples, skipped=self.take())
 
     def _check(self, url: str, reason: str) -> None:
@@ -426,17 +464,16 @@ def weighted_mix(sources: list[Iterator[dict[str, Any]]], weights: list[float],
         yield next(sources[rng.choices(indices, weights)[0]])
 
 
-def _decoded(
-    src: Iterable[dict[str, Any]], counter: SkipCounter, require_chroma: bool
-) -> Iterator[dict[str, Any]]:
-    """Decode raw samples; corrupt ones are skipped and counted, `DataError`s propagate."""
+def _decoded(src: Iterable[dict[str, Any]], counter: SkipCounter, require_chroma: bool,
+             spec: SampleSpec | None) -> Iterator[dict[str, Any]]:
+    """Decode and check raw samples; corrupt ones are skipped and counted, `DataError`s propagate."""
     for raw in src:
         try:
-            sample = decode_sample(raw, require_chroma=require_chroma)
+            sample = decode_sample(raw, require_chroma=require_chroma, spec=spec)
         except DataError:
             raise
         except Exception as exn:  # any decode failure of one sample is a skip, not a crash
-            counter.skip(str(raw.get("__url__", "unknown shard")), f"sample {raw.get('__key__')}: {exn}")
+            counter.skip(str(raw.get("__url__", "unknown shard")), f"sample {raw.get('__key__')}", str(exn))
             continue
         counter.ok()
         yield sample
@@ -465,6 +502,7 @@ class TrainStream(IterableDataset):
         max_skipped_fraction: See `SkipCounter`.
         skip_check_after: See `SkipCounter`.
         weights: Sampling weight of each set of `urls` (default: one set).
+        specs: What each set's samples look like (`describe_shards`); None checks each sample on its own only.
     """
 
     def __init__(
@@ -484,12 +522,14 @@ class TrainStream(IterableDataset):
         max_skipped_fraction: float,
         skip_check_after: int,
         weights: list[float] | None = None,
+        specs: list[SampleSpec] | None = None,
     ) -> None:
         super().__init__()
         self.urls = urls
         self.weights = weights or [1.0]
         if len(self.weights) != len(urls):
             raise ValueError(f"{len(urls)} shard sets but {len(self.weights)} weights")
+        self.specs: list[SampleSpec | None] = list(specs) if specs is not None else [None] * len(urls)
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
@@ -548,7 +588,7 @@ class TrainStream(IterableDataset):
                               self.skip_check_after)
         # One decoded sample source per set; a single set keeps the seed it always had (runs stay reproducible).
         sources = [self._samples(urls, stream, n_streams, seed if len(self.urls) == 1 else stream_seed(seed, "set", i),
-                                 counter) for i, urls in enumerate(self.urls)]
+                                 counter, self.specs[i]) for i, urls in enumerate(self.urls)]
         mixed = iter(sources[0]) if len(sources) == 1 else \
             weighted_mix([iter(src) for src in sources], self.weights, random.Random(stream_seed(seed, "mix")))
         pipeline = wds.DataPipeline(
@@ -559,7 +599,8 @@ class TrainStream(IterableDataset):
         )
         yield from itertools.islice(pipeline, drop, None)
 
-    def _samples(self, urls: list[str], stream: int, n_streams: int, seed: int, counter: SkipCounter) -> Any:
+    def _samples(self, urls: list[str], stream: int, n_streams: int, seed: int, counter: SkipCounter,
+                 spec: SampleSpec | None) -> Any:
         """The endless decoded samples of one set for this (rank, worker) stream: its shards, resampled."""
         urls, bucket = split_for_stream(urls, stream, n_streams)
         keep = (lambda raw: _key_bucket(raw["__key__"], n_streams) == bucket) if bucket is not None else None
@@ -568,7 +609,7 @@ class TrainStream(IterableDataset):
             wds.ResampledShards(urls, seed=seed, worker_seed=functools.partial(int, 0), deterministic=True),
             wds.tarfile_to_samples(handler=counter.handler),
             *([wds.select(keep)] if keep is not None else []),
-            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma),
+            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma, spec=spec),
         )
 
 
@@ -641,6 +682,7 @@ class ValStream(IterableDataset):
         require_chroma: Missing chroma is an error.
         max_skipped_fraction: See `SkipCounter`.
         skip_check_after: See `SkipCounter`.
+        spec: What the set's samples look like (`describe_shards`); None checks each sample on its own only.
     """
 
     def __init__(
@@ -654,6 +696,7 @@ class ValStream(IterableDataset):
         require_chroma: bool,
         max_skipped_fraction: float,
         skip_check_after: int,
+        spec: SampleSpec | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
@@ -667,17 +710,18 @@ class ValStream(IterableDataset):
         self.require_chroma = require_chroma
         self.max_skipped_fraction = max_skipped_fraction
         self.skip_check_after = skip_check_after
+        self.spec = spec
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker_info()
         counter = SkipCounter(self.urls, self.max_skipped_fraction, self.skip_check_after)
         split = _ValSplit(self.rank, self.world_size, worker, num_workers, self.val_samples)
-        decode = functools.partial(decode_sample, require_chroma=self.require_chroma)
+        decode = functools.partial(decode_sample, require_chroma=self.require_chroma, spec=self.spec)
         stages: list[Any] = [
             wds.SimpleShardList(self.urls),
             wds.tarfile_to_samples(handler=counter.handler),
             split.split,
-            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma),
+            functools.partial(_decoded, counter=counter, require_chroma=self.require_chroma, spec=self.spec),
             functools.partial(split.pad, decode=decode),
         ]
         if self.max_frames is not None:
@@ -749,18 +793,30 @@ class StreamLoader(wds.WebLoader):
 
 
 def _first_sample(urls: list[str]) -> tuple[str, dict[str, Any]]:
-    """The first decodable sample of the first readable shard; corrupt shards are warned about and passed over."""
+    """The first sample of the first readable shard; unreadable shards are warned about and passed over.
+
+    Raises:
+        BadFileError: The first sample is corrupt: it is what the set's other samples are checked against.
+        DataError: No shard could be read.
+    """
     errors = []
     for url in urls:
         try:
-            for raw in wds.tarfile_samples([{"url": url}]):
-                return url, decode_sample(raw)
-            errors.append(f"{url}: no samples")
-        except DataError:
-            raise
-        except Exception as exn:  # report it and try the next shard
+            raw = next(iter(wds.tarfile_samples([{"url": url}])), None)
+        except Exception as exn:  # an unreadable shard: report it and try the next one
             errors.append(f"{url}: {type(exn).__name__}: {exn}")
             log.warning("cannot read shard %s: %s", url, exn)
+            continue
+        if raw is None:
+            errors.append(f"{url}: no samples")
+            continue
+        try:
+            return url, decode_sample(raw)
+        except DataError:
+            raise
+        except Exception as exn:  # whatever a corrupt npy or json raises
+            raise BadFileError(f"{url}: its first sample {raw.get('__key__')} is corrupt ({exn}); a set is checked "
+                               "against its first sample, so re-prep that shard or remove it") from exn
     raise DataError("no readable sample in any shard: " + "; ".join(errors[:5]))
 
 
@@ -772,10 +828,11 @@ def describe_shards(shards: str) -> dict[str, Any]:
 
     Returns:
         `{"num_shards", "num_codebooks" (K), "num_frames" (T), "channels", "has_chroma", "chroma_frames" (F or None),
-        "sample_rate" (None for shards that do not say), "first_shard", "first_key"}`.
+        "sample_rate" (None for shards that do not say), "first_shard", "first_key", "spec" (`SampleSpec`)}`.
 
     Raises:
         FileNotFoundError: No shards.
+        BadFileError: The first sample is corrupt.
         DataError: No readable sample.
     """
     urls = resolve_shards(shards)
@@ -792,6 +849,7 @@ def describe_shards(shards: str) -> dict[str, Any]:
         "sample_rate": sample["sample_rate"],
         "first_shard": url,
         "first_key": sample["key"],
+        "spec": SampleSpec(num_codebooks=int(k), max_frames=int(t), has_chroma=has_chroma),
     }
 
 
@@ -873,6 +931,7 @@ class MusicGenData(L.LightningDataModule):
         self.max_skipped_fraction = max_skipped_fraction
         self.skip_check_after = skip_check_after
         self._resume_step: int | None = None
+        self._descriptions: dict[str, dict[str, Any]] = {}
 
     # -- distributed context ---------------------------------------------------------------------------------------
 
@@ -931,6 +990,7 @@ class MusicGenData(L.LightningDataModule):
             require_chroma=self.require_chroma,
             max_skipped_fraction=self.max_skipped_fraction,
             skip_check_after=self.skip_check_after,
+            specs=[self._described(spec)["spec"] for spec, _ in self.sets],
         )
 
     def val_dataset(self, rank: int | None = None, world_size: int | None = None) -> ValStream:
@@ -959,7 +1019,14 @@ class MusicGenData(L.LightningDataModule):
             require_chroma=self.require_chroma,
             max_skipped_fraction=self.max_skipped_fraction,
             skip_check_after=self.skip_check_after,
+            spec=self._described(self.val_shards)["spec"],
         )
+
+    def _described(self, shards: str) -> dict[str, Any]:
+        """`describe_shards(shards)`, read once: what every sample of that set is checked against."""
+        if shards not in self._descriptions:
+            self._descriptions[shards] = describe_shards(shards)
+        return self._descriptions[shards]
 
     def _stream_epoch(self) -> int:
         """Which epoch's stream to draw, from the batches already trained (restored on resume).
@@ -1001,15 +1068,20 @@ class MusicGenData(L.LightningDataModule):
 
         Raises:
             FileNotFoundError: No shards.
-            DataError: No readable sample, or `require_chroma` and the shards have no chroma.
+            BadFileError: A set's first sample is corrupt.
+            DataError: No readable sample; the sets of a mix, or the val set, differ from the first set; or
+                `require_chroma` and the shards have no chroma.
         """
-        found = describe_shards(self.sets[0][0])
-        for spec, _ in self.sets[1:]:  # a mix trains one model: every set must hold what the first holds
-            other = describe_shards(spec)
+        found = dict(self._described(self.sets[0][0]))
+        others = [(f"data.shards: {spec!r}", spec) for spec, _ in self.sets[1:]]  # a mix trains one model
+        if self.val_shards is not None:
+            others.append(("data.val_shards", self.val_shards))
+        for name, spec in others:
+            other = self._described(spec)
             for key in ("num_codebooks", "has_chroma", "sample_rate"):
                 if other[key] != found[key]:
-                    raise DataError(f"data.shards: {spec!r} holds {key}={other[key]} but {self.sets[0][0]!r} "
-                                    f"{key}={found[key]}; the sets of a mix must be prepped alike")
+                    raise DataError(f"{name} holds {key}={other[key]} but data.shards {self.sets[0][0]!r} "
+                                    f"{key}={found[key]}; train and validation sets must be prepped alike")
         if self.require_chroma and not found["has_chroma"]:
             raise DataError(f"require_chroma is set (melody model) but {found['first_shard']} holds no {CHROMA_KEY}: "
                             "prep with --melody")

@@ -19,6 +19,7 @@ the device once, masks multiply instead of selecting, the gradient norm is compu
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -42,6 +43,8 @@ from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
 from finetune.lm.patterns import build_delayed_inputs, delayed_targets, delays_for
 from finetune.training.ema import EMA
 from finetune.training.fsdp import global_norm, is_dtensor
+
+log = logging.getLogger(__name__)
 
 NULL_CHROMA_FRAMES = 5
 """audiocraft trains a nulled melody as a length-0 wav: its chroma is 5 masked (all-zero) frames (docs/fidelity.md)."""
@@ -140,6 +143,7 @@ class MusicGenLM(L.LightningModule):
         self.ema = EMA(self._trainable(), ema_decay, ema_every) if ema_decay else None
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
+        self._skipped_samples: set[str] = set()  # the corrupt samples this rank's data skipped, named
         self._last_validation: dict[str, float] | None = None  # {"step": n, "val/ce": ...}: the model card's metrics
         self._step_skipped = False
         self._grad_norm: torch.Tensor | None = None  # this step's global norm, reused by the gradient clipping
@@ -338,9 +342,19 @@ class MusicGenLM(L.LightningModule):
             self.log("train/frames_per_s", frames.float() / (now - self._last_step_time), batch_size=b)
         self._last_step_time = now
         self.log("train/cfg_null", torch.tensor(float(self.last_cfg_null)), batch_size=b)
-        if batch.get("skipped"):  # a host int
-            self.log("data/skipped_samples", torch.tensor(float(batch["skipped"])), reduce_fx="sum", batch_size=b)
+        self._report_skipped(batch.get("skipped") or [])
+        # A host value; this rank's count (ranks read disjoint shards).
+        self.log("train/skipped_samples", torch.tensor(float(len(self._skipped_samples))), batch_size=b)
         return loss
+
+    def _report_skipped(self, skipped: list[str]) -> None:
+        """Name each corrupt sample the data skipped, once: a resampled stream meets the same one again and again."""
+        for entry in skipped:  # "sample KEY in SHARD: reason"
+            name = entry.split(": ", 1)[0]
+            if name not in self._skipped_samples:
+                self._skipped_samples.add(name)
+                log.warning("skipped corrupt data (%d so far on rank %d): %s", len(self._skipped_samples),
+                            self.global_rank, entry)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step on every rank together when any rank's gradients are non-finite."""
@@ -393,6 +407,7 @@ class MusicGenLM(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Add the batch's token-weighted NLL sums per codebook `[2, K]` to the epoch's."""
+        self._report_skipped(batch.get("skipped") or [])
         logits, targets, mask = self(batch, train=False)
         sums = codebook_nll_sums(logits, targets, mask)  # [2, K], token-weighted over the epoch
         self._val_sums = sums if self._val_sums is None else self._val_sums + sums
@@ -445,7 +460,8 @@ class MusicGenLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trainable weights (refusing non-finite ones) and add mgft's extras.
 
-        The extras: the base model id, the EMA, the count of skipped non-finite steps and the last logged metrics.
+        The extras: the base model id, the EMA, the count of skipped non-finite steps, the corrupt samples skipped and
+        the last logged metrics.
         """
         trainable = {f"model.{n}" for n in self._trainable()}
         state = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
@@ -462,6 +478,7 @@ class MusicGenLM(L.LightningModule):
             "pretrained": self.hparams.pretrained,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "nonfinite_total": self._nonfinite_total,
+            "skipped_samples": sorted(self._skipped_samples),  # this rank's (rank 0's in a multi-rank checkpoint)
             # The last logged values, and the last validation with its step (export model cards report the latter).
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
             if self._trainer is not None else {},
@@ -480,4 +497,5 @@ class MusicGenLM(L.LightningModule):
         if self.ema is not None and extra.get("ema"):
             self.ema.load_state_dict(extra["ema"])
         self._nonfinite_total = extra.get("nonfinite_total", 0)
+        self._skipped_samples = set(extra.get("skipped_samples", []))
         self._last_validation = extra.get("validation")

@@ -245,3 +245,29 @@ class DataParallelInOne(MusicGenLM):
             part = {k: (v[r * n:(r + 1) * n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
             losses.append(super().training_step(part, batch_idx))
         return torch.stack(losses).mean()
+
+
+def one_shard_with_corrupt_samples(shards: Path, out: Path, at: int) -> list[str]:
+    """Every sample of the set `shards` in one shard `out/shard-r0000-000000.tar`, with three corrupt copies of its
+    first sample inserted at position `at`: codes of 3 codebooks, codes out of range, codes of float dtype. Returns
+    the keys of the three. One shard, so that every draw of a resampled stream goes through them."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    samples = list(wds.DataPipeline(wds.SimpleShardList(sorted(str(p) for p in shards.glob("shard-*.tar"))),
+                                    wds.tarfile_to_samples()))
+    codes = np.load(io.BytesIO(samples[0]["codes.npy"]))
+    corrupt = {"bad-shape": codes[:3], "bad-range": np.where(codes == codes[0, 0], 4096, codes).astype(codes.dtype),
+               "bad-dtype": codes.astype(np.float32)}
+    bad = []
+    for key, value in corrupt.items():
+        buffer = io.BytesIO()
+        np.save(buffer, value)
+        bad.append({**samples[0], "__key__": key, "codes.npy": buffer.getvalue()})
+    out.mkdir(parents=True)
+    with wds.TarWriter(str(out / "shard-r0000-000000.tar")) as tar:
+        for sample in samples[:at] + bad + samples[at:]:
+            tar.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
+    return list(corrupt)

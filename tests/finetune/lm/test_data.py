@@ -4,7 +4,6 @@ output."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,7 @@ from data_prep.schema import (
     sample_key,
 )
 from data_prep.shards import shard_name
+from finetune.errors import BadFileError
 from finetune.lm.data import (
     BATCH_KEYS,
     DataError,
@@ -102,7 +102,7 @@ def test_batch_contract(tmp_path: Path, k: int) -> None:
         assert b["valid_frames"].tolist() == [infos[key]["valid_frames"] for key in b["keys"]]
         assert b["captions"] == [infos[key]["caption"] for key in b["keys"]]  # merge_text_p=0: unchanged
         assert b["chroma"] is None and b["chroma_valid_frames"] is None
-        assert b["skipped"] == 0
+        assert b["skipped"] == []
         assert int(b["codes"].max()) < 2048
 
 
@@ -111,9 +111,9 @@ def test_collate_pads_codes_and_chroma() -> None:
         return {"key": f"k{t}", "codes": torch.ones(4, t, dtype=torch.long), "valid_frames": t, "caption": None,
                 "chroma": torch.ones(f, N_CHROMA), "chroma_valid_frames": f}
 
-    b = collate([sample(5, 2), sample(9, 3)], skipped=2)
+    b = collate([sample(5, 2), sample(9, 3)], skipped=["sample x in s.tar: bad"])
     assert b["codes"].shape == (2, 4, 9) and b["codes"][0, :, 5:].eq(0).all()
-    assert b["valid_frames"].tolist() == [5, 9] and b["skipped"] == 2
+    assert b["valid_frames"].tolist() == [5, 9] and b["skipped"] == ["sample x in s.tar: bad"]
     assert b["chroma"].shape == (2, 3, N_CHROMA) and b["chroma"][0, 2].eq(0).all()
     assert b["chroma_valid_frames"].tolist() == [2, 3]
     with pytest.raises(DataError, match="codebooks"):
@@ -239,21 +239,71 @@ def test_a_run_resumed_mid_epoch_trains_on_the_uninterrupted_runs_batches(tmp_pa
     assert fit(12, [], ckpt_path=ckpt) == uninterrupted[8:]
 
 
-def test_corrupt_shards_and_samples_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_shards_and_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     good = write_shards(tmp_path, [10, 10], bad={1: [2, 7]})
     (tmp_path / shard_name(0, 2)).write_bytes(b"this is not a tar file" * 100)
     whole = (tmp_path / shard_name(0, 0)).read_bytes()
     (tmp_path / shard_name(0, 3)).write_bytes(whole[: len(whole) // 2])  # truncated mid-member
-    with caplog.at_level(logging.WARNING, logger="finetune.lm.data"):
-        batches = list(_dm(tmp_path, steps_per_epoch=40, max_skipped_fraction=0.5).train_dataloader())
+    batches = list(_dm(tmp_path, steps_per_epoch=40, max_skipped_fraction=0.5).train_dataloader())
     assert len(batches) == 40
     seen = {k for b in batches for k in b["keys"]}
     assert seen <= set(good), "no corrupt sample reaches a batch"
     assert not seen & {"track001_s00002", "track001_s00007"}
-    skipped = sum(b["skipped"] for b in batches)
-    assert skipped > 0
-    text = caplog.text
-    assert shard_name(0, 2) in text and "track001_s00002" in text
+    skipped = [entry for b in batches for entry in b["skipped"]]  # every encounter of a resampled stream
+    named = {entry.split(": ", 1)[0] for entry in skipped}
+    assert {f"sample track001_s00002 in {tmp_path / shard_name(0, 1)}",
+            f"sample track001_s00007 in {tmp_path / shard_name(0, 1)}",
+            f"unreadable data in {tmp_path / shard_name(0, 2)}"} <= named
+
+
+def _rewrite_sample(shard: Path, index: int, **members: Any) -> str:
+    """Replace members of sample `index` of `shard` (written by `write_shards`; None removes one); returns its key."""
+    samples = list(wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples()))
+    samples[index].update(members)
+    samples[index] = {k: v for k, v in samples[index].items() if v is not None}
+    with wds.TarWriter(str(shard)) as tar:
+        for sample in samples:
+            tar.write({k: v for k, v in sample.items() if k != "__url__" and not k.startswith("__local")})
+    return samples[index]["__key__"]
+
+
+def test_every_sample_is_checked_against_its_set_before_it_can_reach_a_batch(tmp_path: Path) -> None:
+    """Stereo shards with melodies: a sample of 4 codebooks, codes out of range or of float dtype, more frames than
+    the set's segments, a chroma of the wrong shape or with NaN, or no chroma, never reaches a batch; each is named."""
+    good = write_shards(tmp_path, [12, 12], k=8, chroma=True)
+    shard = tmp_path / shard_name(0, 1)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 2048, (8, T)).astype(np.int16)
+    frames = chroma_frames(T * HOP_LENGTH)
+    bad = {
+        _rewrite_sample(shard, 0, **{"codes.npy": codes[:3]}): "3 codebooks, neither mono (4) nor stereo (8)",
+        _rewrite_sample(shard, 1, **{"codes.npy": codes[:4]}): "4 codebooks, the set's samples 8",
+        _rewrite_sample(shard, 2, **{"codes.npy": np.where(codes == codes[0, 0], 4096, codes)}): "outside [0, 2048)",
+        _rewrite_sample(shard, 3, **{"codes.npy": codes.astype(np.float32)}): "must be integer",
+        _rewrite_sample(shard, 4, **{"codes.npy": np.tile(codes, 2)}): f"{2 * T} frames, the set's segments {T}",
+        _rewrite_sample(shard, 5, **{"chroma.npy": np.zeros((frames, 7), np.float32)}): "chroma must be",
+        _rewrite_sample(shard, 6, **{"chroma.npy": np.full((frames, 12), np.nan, np.float32)}): "NaN or inf",
+        _rewrite_sample(shard, 7, **{"chroma.npy": None}): "no chroma.npy, which the set's samples hold",
+    }
+    assert len(bad) == 8
+    batches = list(_dm(tmp_path, steps_per_epoch=30, max_skipped_fraction=0.5).train_dataloader())
+    seen = {k for b in batches for k in b["keys"]}
+    assert not seen & set(bad) and len(seen) == len(good) - len(bad)
+    reasons = {entry.split(": ", 1)[0].removeprefix("sample ").split(" in ")[0]: entry
+               for b in batches for entry in b["skipped"]}
+    assert reasons.keys() == bad.keys()
+    for key, why in bad.items():
+        assert why in reasons[key], (key, reasons[key])
+    # The val stream checks the same way.
+    val = list(_dm(tmp_path, val_shards=str(tmp_path)).val_dataloader())
+    assert {k for b in val for k in b["keys"]} == set(good) - set(bad)
+
+
+def test_a_corrupt_first_sample_stops_describe_in_one_line(tmp_path: Path) -> None:
+    write_shards(tmp_path, [4, 4], k=8)
+    key = _rewrite_sample(tmp_path / shard_name(0, 0), 0, **{"codes.npy": np.zeros((3, T), np.int16)})
+    with pytest.raises(BadFileError, match=rf"{shard_name(0, 0)}: its first sample {key} is corrupt \(codes have 3 "):
+        _dm(tmp_path).describe()
 
 
 def test_too_many_skips_raise_naming_the_shard(tmp_path: Path) -> None:
@@ -261,10 +311,10 @@ def test_too_many_skips_raise_naming_the_shard(tmp_path: Path) -> None:
     dm = _dm(tmp_path, steps_per_epoch=50, max_skipped_fraction=0.1, skip_check_after=30)
     with pytest.raises(DataError, match=shard_name(0, 1)):
         list(dm.train_dataloader())
-    only_bad = tmp_path / "only_bad"
-    write_shards(only_bad, [4], bad={0: [0, 1, 2, 3]})
+    mostly_bad = tmp_path / "mostly_bad"  # its first sample is good: `describe` refuses a set whose first is not
+    write_shards(mostly_bad, [4], bad={0: [1, 2, 3]})
     with pytest.raises(DataError, match="too much corrupt data"):  # never loops forever on unreadable data
-        list(_dm(only_bad, max_skipped_fraction=1.0, skip_check_after=20).train_dataloader())
+        list(_dm(mostly_bad, max_skipped_fraction=0.5, skip_check_after=20).train_dataloader())
 
 
 @pytest.mark.parametrize("sizes, world, workers", [([5, 7, 4], 2, 0), ([5, 7, 4], 2, 2), ([5], 3, 0), ([2], 3, 2)])
@@ -339,6 +389,7 @@ def test_describe_and_codebook_check(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"K=8 codebooks \(stereo\).*num_codebooks=4 \(mono\)"):
         dm.check_num_codebooks(4)
     (tmp_path / "stereo" / shard_name(0, 0)).write_bytes(b"garbage")  # describe passes over an unreadable shard
+    dm = _dm(tmp_path / "stereo")
     assert dm.describe()["first_shard"].endswith(shard_name(0, 1))
 
 
