@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from finetune.__main__ import COMMANDS, LIGHTNING_COMMANDS, main, normalize_flags
+from tests.helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,22 +102,10 @@ def test_unknown_command_lists_the_commands() -> None:
     assert out.returncode == 2 and "unknown command 'fti'" in out.stderr and "generate" in out.stderr
 
 
-def _one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    """Run `mgft ARGS` as the console script does; it must end with exit status 2 and one line on stderr."""
-    from finetune.__main__ import cli
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        cli(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
 @pytest.mark.parametrize("duration", ["0", "0.01", "-3"])
 def test_generate_refuses_a_duration_below_half_a_second(capsys: pytest.CaptureFixture, tmp_path: Path,
                                                          duration: str) -> None:
-    line = _one_line_error(capsys, ["generate", "--model", str(tmp_path), "--prompt", "x", "--duration", duration,
+    line = one_line_error(capsys, ["generate", "--model", str(tmp_path), "--prompt", "x", "--duration", duration,
                                     "--out", str(tmp_path / "out")])
     assert line == f"mgft generate: error: --duration must be at least 0.5 s, got {float(duration)}"
 
@@ -129,7 +118,7 @@ def test_generate_never_overwrites_an_earlier_run(capsys: pytest.CaptureFixture,
     model = str(tiny_lm_dir / "musicgen-small")
     generate(model=model, prompts=_prompts(tmp_path, "one", "two", "three"), duration=1.0, out=str(out))
     assert sorted(p.name for p in out.iterdir()) == ["0000.wav", "0001.wav", "0002.wav", "codes.npy", "prompts.txt"]
-    line = _one_line_error(capsys, ["generate", "--model", model, "--prompt", "four", "--duration", "1",
+    line = one_line_error(capsys, ["generate", "--model", model, "--prompt", "four", "--duration", "1",
                                     "--out", str(out)])
     assert "already holds files" in line and "--overwrite" in line
     generate(model=model, prompt="four", duration=1.0, out=str(out), overwrite=True)
@@ -172,7 +161,7 @@ def _prompts(folder: Path, *lines: str) -> str:
 
 
 def test_prep_refuses_a_batch_size_of_zero(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    line = _one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec", "x",
+    line = one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec", "x",
                                     "--batch-size", "0"])
     assert line == "mgft prep: error: --batch-size must be at least 1, got 0"
 
@@ -191,7 +180,8 @@ def test_export_says_what_a_wrong_file_is(capsys: pytest.CaptureFixture, tmp_pat
              "hf": "a transformers model folder", "empty": "a folder that holds no checkpoint",
              "missing.ckpt": "no such file or folder", "state_dict.bin": "an audiocraft export"}
     for name, expected in cases.items():
-        line = _one_line_error(capsys, ["export", str(tmp_path / name), "--out", str(tmp_path / "out")])
+        status = 2 if name == "missing.ckpt" else 1  # a wrong path, or a file that is not a checkpoint
+        line = one_line_error(capsys, ["export", str(tmp_path / name), "--out", str(tmp_path / "out")], status)
         assert line.startswith("mgft export: error: ") and expected in line, (name, line)
     assert not (tmp_path / "out").exists()
 
@@ -261,17 +251,17 @@ def test_the_early_shard_check_covers_mono_to_stereo_melody_and_sample_rate(
 def test_plan_names_a_recipe_model_it_cannot_find(capsys: pytest.CaptureFixture, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the tiny recipe's demo-run/models/... does not exist here
-    line = _one_line_error(capsys, ["plan", "--config", str(ROOT / "recipes" / "tiny" / "small-full.yaml")])
+    line = one_line_error(capsys, ["plan", "--config", str(ROOT / "recipes" / "tiny" / "small-full.yaml")])
     assert "'demo-run/models/musicgen-small' is no local folder and no hub MusicGen id" in line
-    assert "no such recipe file" in _one_line_error(capsys, ["plan", "--config", "missing.yaml"])
+    assert "no such recipe file" in one_line_error(capsys, ["plan", "--config", "missing.yaml"])
 
 
 def test_a_mistyped_local_model_is_reported_as_missing_not_as_the_hub(capsys: pytest.CaptureFixture,
                                                                       tmp_path: Path) -> None:
-    line = _one_line_error(capsys, ["generate", "--model", str(tmp_path / "modles" / "musicgen-small"), "--prompt",
+    line = one_line_error(capsys, ["generate", "--model", str(tmp_path / "modles" / "musicgen-small"), "--prompt",
                                     "x", "--out", str(tmp_path / "out")])
     assert line.endswith(f"--model {tmp_path / 'modles' / 'musicgen-small'}: no such file or folder")
-    line = _one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec",
+    line = one_line_error(capsys, ["prep", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--codec",
                                     "facebook/encodec_32khz"])
     assert "holds no audio files" in line  # checked before the codec is looked up
 

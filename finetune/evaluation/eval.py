@@ -95,10 +95,13 @@ def evaluate(
     from finetune.evaluation.heldout import evaluate_model, held_out, write_samples
     from finetune.evaluation.metrics import ClapEmbedder, EncodecEmbedder
     from finetune.evaluation.report import loss_history, write_report
-    from finetune.inference.load import load_for_inference
+    from finetune.inference.load import check_model_arg, load_for_inference
 
     if embedder == "clap" and not clap:
         raise ValueError("--embedder clap needs --clap PATH (a local transformers CLAP checkpoint)")
+    check_model_arg("--model", model)  # both, before anything is written or loaded
+    if baseline is not None:
+        check_model_arg("--baseline", baseline)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_dir is None and model.endswith(".ckpt"):

@@ -9,6 +9,7 @@ stride, as audiocraft); decoding is EnCodec (`data_prep.codec.decode_codes`) or 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -20,15 +21,16 @@ from data_prep.schema import SAMPLE_RATE
 def melody_audio_for(paths: list[str], demucs: str, device: str, channels: int):
     """Melody files as a `MelodyAudio`: decoded, at 32 kHz, in the model's `channels`, with HTDemucs + chroma.
 
-    As audiocraft's `generate_with_chroma`: the melody is converted to the model's channels, and its chroma (of
-    each generation window, see `finetune.inference.sampler.MelodyAudio`) separates those channels with demucs, then
-    averages the vocals + other stems.
+    As audiocraft's `generate_with_chroma`: the melody is converted to the model's channels; the chroma of each
+    generation window (see `finetune.inference.sampler.MelodyAudio`) is taken from their mean, as audiocraft's
+    `ConditioningProvider._collate_wavs` averages every wav condition before `ChromaStemConditioner` separates it,
+    and as `mgft prep --melody` computed the chroma the model trained on.
     """
     import torch
 
     from data_prep import audio as audio_io
     from data_prep.chroma import ChromaExtractor
-    from data_prep.stems import load_demucs, melody_chroma
+    from data_prep.stems import load_demucs
     from finetune.inference.sampler import MelodyAudio
 
     wavs = []
@@ -36,7 +38,14 @@ def melody_audio_for(paths: list[str], demucs: str, device: str, channels: int):
         decoded = audio_io.convert_channels(audio_io.resample(audio_io.decode(Path(path)), SAMPLE_RATE), channels)
         wavs.append(torch.from_numpy(decoded.samples).to(device))  # [C, N]
     separator, extractor = load_demucs(demucs, device), ChromaExtractor().to(device)
-    return MelodyAudio(wavs, lambda wav: melody_chroma(separator, extractor, wav, seed=0))  # [1, C, n] -> [1, F, 12]
+    return MelodyAudio(wavs, functools.partial(channel_mean_chroma, separator, extractor))
+
+
+def channel_mean_chroma(separator, extractor, wav):  # noqa: ANN001, ANN201 (torch modules and tensors)
+    """The melody chroma `[B, F, 12]` of audio `[B, C, n]`: of its channel mean, through demucs (seed 0)."""
+    from data_prep.stems import melody_chroma
+
+    return melody_chroma(separator, extractor, wav.mean(dim=1, keepdim=True), seed=0)  # [B, 1, n] -> [B, F, 12]
 
 
 MIN_DURATION = 0.5

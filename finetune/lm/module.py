@@ -165,12 +165,13 @@ class MusicGenLM(L.LightningModule):
         Returns the module (eval mode) and the checkpoint dict. Checkpoints load with `weights_only=True`.
         """
         from finetune.checkpoints.safe_load import safe_torch_load
+        from finetune.errors import BadFileError
 
         checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
         if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint:
             hint = (" (an audiocraft export: fine-tune from it with `mgft fit --model.pretrained`, or generate from "
                     "its folder)" if isinstance(checkpoint, dict) and "best_state" in checkpoint else "")
-            raise ValueError(f"{path} is not a checkpoint of `mgft fit` (it has no hyper_parameters){hint}")
+            raise BadFileError(f"{path} is not a checkpoint of `mgft fit` (it has no hyper_parameters){hint}")
         # LightningCLI adds private entries (`_instantiator`, `_class_path`) that are not constructor arguments.
         hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
         module = cls(**hparams)

@@ -256,9 +256,14 @@ class MBDBand(L.LightningModule):
     def from_checkpoint(cls, path: str, trust_checkpoint: bool = False) -> MBDBand:
         """Rebuild a trained band from an mgft MBD checkpoint (loaded without running code)."""
         from finetune.checkpoints.safe_load import safe_torch_load
+        from finetune.errors import BadFileError
 
         checkpoint = safe_torch_load(path, trust_checkpoint=trust_checkpoint)
-        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+        stored = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(stored, dict) or "band" not in stored or "codec" not in stored:
+            raise BadFileError(f"{path} is not a checkpoint of `mgft mbd-fit` (its hyper_parameters name no band and "
+                               "codec)")
+        hparams = {k: v for k, v in stored.items() if not k.startswith("_")}
         for key, klass in (("unet", UnetConfig), ("schedule", ScheduleConfig), ("processor", ProcessorConfig)):
             if isinstance(hparams.get(key), dict):
                 hparams[key] = klass(**hparams[key])

@@ -143,6 +143,46 @@ def test_adapter_only_export_restores_the_merged_model(finetuned: Path, tmp_path
                                    merged(**inputs, decoder_input_ids=ids).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_an_export_never_lands_on_another_unless_overwrite_replaces_it(finetuned: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    main(["export", str(finetuned), "--out", str(out), "--format", "hf"])
+    merged = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match=rf"--out {out} already holds files .*pass --overwrite"):
+        main(["export", str(finetuned), "--out", str(out), "--adapter-only"])
+    assert sorted(p.name for p in out.iterdir()) == merged  # untouched
+    main(["export", str(finetuned), "--out", str(out), "--adapter-only", "--overwrite"])
+    adapter = sorted(p.name for p in out.iterdir())
+    assert "adapter_model.safetensors" in adapter and "model.safetensors" not in adapter  # never mixed
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files that no mgft export wrote \\(notes.txt\\)"):
+        main(["export", str(finetuned), "--out", str(out), "--format", "hf", "--overwrite"])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_plain_transformers_generate_follows_the_melody_of_the_export(finetuned: Path, tmp_path: Path) -> None:
+    """transformers' own `generate` on the HF export conditions on the melody it is given. (MusicGen-Melody's
+    `generate` dropped `input_features` in transformers 5.x before 5.18, transformers #45647; pyproject's floor is
+    above.) The tiny model's logits are nearly uniform, so two melodies rarely change a greedy token: the check is on
+    the scores of generate's first step, which must be the forward pass's with that melody and not with the other."""
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    main(["export", str(finetuned), "--out", str(tmp_path / "hf"), "--format", "hf"])
+    model = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    text = AutoTokenizer.from_pretrained(tmp_path / "hf")(["warm piano and soft drums"], return_tensors="pt")
+    melodies = [torch.nn.functional.one_hot(torch.full((40,), note), 12).float()[None] for note in (0, 7)]  # C, G
+    bos = torch.full((8, 1), model.generation_config.decoder_start_token_id)
+    first, forward = [], []
+    with torch.no_grad():
+        for chroma in melodies:
+            out = model.generate(**text, input_features=chroma, do_sample=False, guidance_scale=1.0,
+                                 max_new_tokens=4, return_dict_in_generate=True, output_scores=True)
+            first.append(out.scores[0])  # [K, card]: the logits of the first generated step
+            forward.append(model(**text, input_features=chroma, decoder_input_ids=bos).logits[:, -1])
+    for mine, other in ((0, 1), (1, 0)):
+        torch.testing.assert_close(first[mine], forward[mine], rtol=0, atol=1e-6)
+        assert (first[mine] - forward[other]).abs().max() > 1e-4, "generate's scores do not depend on the melody"
+
+
 def test_audiocraft_export_imports_back_as_pretrained(finetuned: Path, tmp_path: Path, tiny_lm_dir: Path) -> None:
     from transformers import MusicgenMelodyForConditionalGeneration
 

@@ -240,3 +240,29 @@ def test_one_melody_for_a_batch_goes_through_demucs_once_per_window(tiny_lm_dir:
                                progress=False)
         assert codes.shape[0] == 3
     assert len(spy.cuts) == 1
+
+
+def test_a_stereo_melody_conditions_with_the_chroma_of_its_channel_mean(tiny_models_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """audiocraft averages every melody's channels before demucs (`ConditioningProvider._collate_wavs`), at training
+    and at generation; prep does, so `mgft generate --melody` must too, for a melody whose channels differ."""
+    from data_prep.chroma import ChromaExtractor
+    from data_prep.stems import load_demucs, melody_chroma
+    from finetune.inference.sampler import match_chroma_length
+    from testkit import synth
+
+    tracks = [sf.read(synth.write_track(tmp_path / "tunes", spec), always_2d=True) for spec in
+              synth.plan_catalog(2, 4.0, seed=11)]
+    n = min(len(audio) for audio, _ in tracks)
+    stereo = np.stack([tracks[0][0][:n, 0], tracks[1][0][:n, 0]], axis=1)  # left: one tune, right: another
+    sf.write(tmp_path / "melody.wav", stereo, tracks[0][1])
+    tune = melody_audio_for([str(tmp_path / "melody.wav")], str(tiny_models_dir / "htdemucs"), "cpu", 2)
+    got = tune.window_chroma(0, False)  # [1, 235, 12]: what conditions the first window
+
+    [wav] = tune.wavs  # [2, N] at 32 kHz, the model's channels
+    assert (wav[0] - wav[1]).abs().mean() > 0.1 * wav.abs().mean()  # the channels differ
+    separator, extractor = load_demucs(str(tiny_models_dir / "htdemucs"), "cpu"), ChromaExtractor()
+    of_mean = match_chroma_length(melody_chroma(separator, extractor, wav.mean(0, keepdim=True)[None], seed=0))
+    per_channel = match_chroma_length(melody_chroma(separator, extractor, wav[None], seed=0))
+    torch.testing.assert_close(got, of_mean, rtol=0, atol=0)
+    assert (got.argmax(-1) != per_channel.argmax(-1)).float().mean() > 0.05  # the test tells the two apart
