@@ -658,6 +658,8 @@ def _prep_into(out_dir: Path, all_tracks: list[Track], settings: PrepSettings, r
                 (out_dir / CONFIG_FILE).unlink(missing_ok=True)
                 if created:
                     shutil.rmtree(out_dir)
+                elif journal_path(out_dir, rank).stat().st_size == 0:
+                    journal_path(out_dir, rank).unlink()
             raise
 
 

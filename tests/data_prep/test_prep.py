@@ -322,6 +322,22 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path, synth_catalog_dir:
     assert prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, batch_size=8))["tracks_kept"] > 0
 
 
+def test_a_prep_that_fails_before_its_first_track_leaves_nothing_to_match(tmp_path: Path, synth_catalog_dir: Path,
+                                                                          tiny_models_dir: Path) -> None:
+    """A codec that does not load fails after the settings were recorded; the corrected command into the same
+    --output must then run, not be refused for "other settings" under which nothing was prepped."""
+    out = tmp_path / "out"
+    with pytest.raises(Exception):  # noqa: B017 (whatever transformers raises for a folder that is no EnCodec)
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, codec=str(tiny_models_dir / "htdemucs")))
+    assert not out.exists()  # the folder it made is gone
+    out.mkdir()
+    (out / "notes.txt").write_text("a folder of the user's")
+    with pytest.raises(Exception):  # noqa: B017
+        prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir, codec=str(tiny_models_dir / "htdemucs")))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the folder as it was
+    assert prep(**_prep_args(synth_catalog_dir, out, tiny_models_dir))["tracks_kept"] > 0
+
+
 def test_prep_into_an_output_of_the_old_schema_says_what_changed(tmp_path: Path, synth_catalog_dir: Path,
                                                                  tiny_models_dir: Path) -> None:
     out = tmp_path / "out"
@@ -334,7 +350,7 @@ def test_prep_into_an_output_of_the_old_schema_says_what_changed(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_catalog_dir: Path,
+def test_ctrl_c_then_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_catalog_dir: Path,
                                                        tiny_models_dir: Path) -> None:
     reference = tmp_path / "reference"
     args = _prep_args(synth_catalog_dir, reference, tiny_models_dir, shard_max_samples=2)
@@ -343,10 +359,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_cat
     out = tmp_path / "killed"
     args["output"] = str(out)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for attempt in range(2):
-        # Kill twice, each time right after one more shard is committed, so the rerun resumes a resumed run.
-        proc = subprocess.Popen(_cli(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    for attempt, how in enumerate((signal.SIGINT, signal.SIGKILL)):
+        # Stop it twice, each time right after one more shard is committed, so the rerun resumes a resumed run: by
+        # Ctrl-C (SIGINT to the process group, workers included), then by kill -9.
+        err = open(tmp_path / f"stderr{attempt}.txt", "w")  # noqa: SIM115 (closed below; a pipe could fill up)
+        proc = subprocess.Popen(_cli(args), env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         journal = out / "journal.r0000.jsonl"
         deadline = time.time() + 120
         target = attempt + 1
@@ -355,8 +372,16 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, synth_cat
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "prep finished before it could be killed; make the catalog bigger"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, how)
+        status = proc.wait()
+        err.close()
+        if how == signal.SIGINT:  # one line, no traceback
+            assert status == 130
+            text = (tmp_path / "stderr0.txt").read_text()
+            assert "Traceback" not in text
+            assert text.strip().splitlines()[-1].endswith("mgft prep: interrupted: rerun the same command to resume "
+                                                         "(committed shards and rejects are kept; nothing is prepped "
+                                                         "twice)")
     assert not (out / "manifest.jsonl").exists()
     finished = subprocess.run(_cli(args), env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]

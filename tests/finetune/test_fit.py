@@ -261,3 +261,27 @@ def test_fit_trains_on_a_weighted_mix_and_refuses_a_bad_one_first(
     with pytest.raises(ValueError, match="the weight of .* must be a positive number"):
         main(fit_args(SMALL, tiny_lm_dir / "musicgen-small", mono_shards, tmp_path / "zero", "--data.shards", zero))
     assert not (tmp_path / "bad").exists() and not (tmp_path / "zero").exists()
+
+
+def test_a_checkpoint_trained_with_other_model_settings_is_refused_naming_them(
+        tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path) -> None:
+    """LightningCLI would take the checkpoint's model settings over the config's without a word (a stereo-melody
+    LoRA checkpoint turns a text recipe into that model); `--resume_settings` says which side wins."""
+    small = tiny_lm_dir / "musicgen-small"
+    main(fit_args(SMALL, small, mono_shards, tmp_path / "a", "--trainer.logger", "false", "--trainer.max_steps", "2"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    other = fit_args(SMALL, small, mono_shards, tmp_path / "b", "--trainer.logger", "false", "--trainer.max_steps",
+                     "4", "--model.lr", "0.001", "--model.lora_rank", "4", "--ckpt_path", str(ckpt))
+    with pytest.raises(ValueError, match=rf"--ckpt_path {ckpt} was trained with other model settings "
+                                         r"\(model.lora_rank: 4 here, 0 in the checkpoint; model.lr: 0.001 here, "
+                                         r"0.003 in the checkpoint\)"):
+        main(other)
+    assert not (tmp_path / "b").exists()  # refused before any model or run folder
+    main([*other, "--resume_settings", "checkpoint"])  # trains on as the checkpoint was trained
+    resumed = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert resumed["model"]["lr"] == 0.003 and resumed["model"]["lora_rank"] == 0
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    # A deliberate change of a training setting on resume: keep the config's.
+    main([*other[:-4], "--trainer.default_root_dir", str(tmp_path / "c"), "--ckpt_path", str(ckpt),
+          "--resume_settings", "config"])
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["model"]["lr"] == 0.001
