@@ -1,8 +1,10 @@
 """`mgft prep --auto-tags`: tempo, key and loudness estimated from the audio, for catalogs without descriptions.
 
-- Tempo: librosa's beat tracker (`librosa.beat.beat_track`, dynamic programming over the onset envelope). Beat
-  trackers often lock onto half or double the tempo; such an estimate is still written, and flagged: the tempo
-  alone cannot tell a 70 BPM ballad from a 140 BPM track counted in half time.
+- Tempo: librosa's beat tracker (`librosa.beat.beat_track`, dynamic programming over the onset envelope), then the
+  beat period refined from the tracked beat times (`refine_tempo`): the tracker's own tempo lies on the grid of its
+  onset frame rate (60 x 43.07 / lag at 22,050 / 512), up to 2-4% off between grid points, while its beats follow the
+  onsets. Beat trackers often lock onto half or double the tempo; such an estimate is still written: the tempo alone
+  cannot tell a 70 BPM ballad from a 140 BPM track counted in half time.
 - Key and mode: the Krumhansl-Kessler key profiles (probe-tone ratings of the 12 pitch classes in a major and a
   minor key, Krumhansl 1990) correlated with the track's mean chroma (`librosa.feature.chroma_cqt`); the best of
   the 24 rotations names the key. librosa has the chroma but no key finder: the correlation is the whole method.
@@ -56,6 +58,33 @@ def estimate_key(chroma: np.ndarray) -> tuple[str, float]:
     return best
 
 
+def refine_tempo(beats: np.ndarray, coarse_bpm: float) -> float:
+    """The tempo of tracked beat times, from a least-squares line through them, in BPM.
+
+    Each beat's index counts the coarse periods since the previous beat (a skipped beat adds two), so the index
+    does not drift however far the coarse tempo is off; beats further than a quarter period from the first line are
+    dropped (a stray onset at a fill) and the line is fitted again. Over 20 s of beats at 23 ms per onset frame the
+    slope is within a few hundredths of a percent.
+
+    Args:
+        beats: Beat times in seconds `[N]`, increasing (`beat_track(..., units="time")`).
+        coarse_bpm: The tracker's tempo, which sets the beat indices.
+
+    Returns:
+        The refined tempo, or `coarse_bpm` with fewer than 4 beats or when the fit strays more than 10% from it.
+    """
+    if len(beats) < 4 or not coarse_bpm > 0:
+        return coarse_bpm
+    period = 60.0 / coarse_bpm
+    index = np.concatenate([[0.0], np.cumsum(np.maximum(1.0, np.round(np.diff(beats) / period)))])  # [N]
+    slope, intercept = np.polyfit(index, beats, 1)
+    close = np.abs(beats - (slope * index + intercept)) < 0.25 * slope
+    if close.sum() >= 4:
+        slope, _ = np.polyfit(index[close], beats[close], 1)
+    bpm = 60.0 / slope
+    return float(bpm) if abs(bpm / coarse_bpm - 1) <= 0.1 else coarse_bpm
+
+
 def estimate_tags(audio: np.ndarray, sample_rate: int, clap: str | None = None,
                   clap_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Tempo, key and loudness of a track, and with `clap` its zero-shot genre, mood and instrument.
@@ -80,9 +109,10 @@ def estimate_tags(audio: np.ndarray, sample_rate: int, clap: str | None = None,
         lufs = None
     head = audio[:, : int(MAX_SECONDS * sample_rate)].mean(axis=0)  # [N] mono
     y = librosa.resample(head, orig_sr=sample_rate, target_sr=ANALYSIS_RATE, res_type="soxr_hq")
-    tempo, _ = librosa.beat.beat_track(y=y, sr=ANALYSIS_RATE)
+    tempo, beats = librosa.beat.beat_track(y=y, sr=ANALYSIS_RATE, units="time")
+    bpm = refine_tempo(beats, float(np.atleast_1d(tempo)[0]))
     key, confidence = estimate_key(librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_RATE))
-    tags = {"bpm": round(float(np.atleast_1d(tempo)[0]), 1), "key": key, "key_confidence": round(confidence, 3),
+    tags = {"bpm": round(bpm, 1), "key": key, "key_confidence": round(confidence, 3),
             "lufs": None if lufs is None or not np.isfinite(lufs) else round(lufs, 1)}
     if clap:
         tags["clap"] = clap_estimates(audio, sample_rate, clap, clap_labels or DEFAULT_CLAP_LABELS)

@@ -25,9 +25,9 @@ def _click_track(bpm: float, seconds: float, rate: int = 32000) -> np.ndarray:
 
 def test_tempo_and_key_of_synthesized_tracks() -> None:
     """On 10 synthesized tracks (68-140 BPM, all 24 keys possible; seed 5) and a hand-written click track: tempo
-    within 2% for at least 8 of 11, key exact for at least 8 and exact or its relative (the usual confusion of a
-    profile method) for at least 9. Measured: 9/11 tempi within 2% (the other two within 2.5%, no octave error),
-    10/11 keys exact, the miss neither relative nor parallel."""
+    within 1% for all 11, key exact for at least 8 and exact or its relative (the usual confusion of a profile
+    method) for at least 9. Measured: 11/11 tempi within 1%, 10/11 keys exact, the miss neither relative nor
+    parallel."""
     specs = plan_catalog(10, 12.0, seed=5)
     truth = [(float(s.bpm), s.key) for s in specs] + [(100.0, "A minor")]
     audio = [render_track(s) for s in specs] + [_click_track(100.0, 12.0)]
@@ -37,12 +37,38 @@ def test_tempo_and_key_of_synthesized_tracks() -> None:
         x = x if x.ndim == 2 else x[None]
         x = x.T if x.shape[0] > x.shape[1] else x  # [C, N]
         est = estimate_tags(x, rate)
-        bpm_ok += abs(est["bpm"] / bpm - 1) <= 0.02
+        bpm_ok += abs(est["bpm"] / bpm - 1) <= 0.01
         key_ok += est["key"] == key
         key_near += est["key"] in (key, RELATIVE.get(key), {v: k for k, v in RELATIVE.items()}.get(key))
         assert -40 < est["lufs"] < 0
-    assert bpm_ok >= 8, bpm_ok
+    assert bpm_ok == 11, bpm_ok
     assert key_ok >= 8 and key_near >= 9, (key_ok, key_near)
+
+
+def _click_and_chord_track(bpm: float, seconds: float, rate: int = 44100, seed: int = 0) -> np.ndarray:
+    """Written here, at any tempo: a noise click on every beat (accented on the bar) and a decaying triad per bar."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    y = np.zeros(n)
+    period = 60.0 / bpm
+    for beat in range(int((seconds - 0.1) / period) + 1):
+        start = int((0.1 + beat * period) * rate)
+        click = np.exp(-np.arange(int(0.03 * rate)) / (0.005 * rate))[: n - start]
+        y[start : start + len(click)] += (1.0 if beat % 4 == 0 else 0.6) * click * rng.standard_normal(len(click))
+        if beat % 4 == 0:
+            root = (57, 53, 60, 55)[beat // 4 % 4]
+            t = np.arange(min(n - start, int(4 * period * rate))) / rate
+            triad = sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (root, root + 4, root + 7))
+            y[start : start + len(t)] += 0.1 * triad * np.exp(-t / 2)
+    return np.stack([y, y]).astype(np.float32) / np.abs(y).max() * 0.8
+
+
+@pytest.mark.parametrize("bpm", [75.3, 92.0, 97.5, 110.0, 120.0, 133.0, 141.0, 163.7])
+def test_tempo_within_one_percent_at_tempi_off_the_trackers_grid(bpm: float) -> None:
+    """librosa's tempo alone lies on its onset-frame grid (60 x 43.07 / lag): 97.5 -> 99.4, 133 -> 136.0, 141 ->
+    143.6 BPM. The estimate refined from the beat times is within 1% (measured: within 0.12%)."""
+    est = estimate_tags(_click_and_chord_track(bpm, 20.0), 44100)
+    assert abs(est["bpm"] / bpm - 1) <= 0.01, est["bpm"]
 
 
 def test_key_profile_names_the_key_of_a_scale_weighted_chroma() -> None:
