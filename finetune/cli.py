@@ -273,8 +273,12 @@ def _expand_configs(args: list[str], scratch: Path) -> list[str]:
     return out
 
 
-def run(args: list[str]) -> None:
-    """Run a Lightning subcommand (`fit`, `validate`, `mbd-fit`, `mbd-validate`) with `args` (subcommand first)."""
+def run(args: list[str]) -> MgftCLI:
+    """Run a Lightning subcommand (`fit`, `validate`, `mbd-fit`, `mbd-validate`) with `args` (subcommand first).
+
+    Returns:
+        The finished CLI, whose `trainer` and `model` in-process callers (tests, notebooks) can inspect.
+    """
     # Frozen T5/EnCodec stay in eval mode on purpose (no dropout), which Lightning warns about.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if args and args[0] in MBD_COMMANDS:
@@ -286,7 +290,7 @@ def run(args: list[str]) -> None:
         model_class, data_class = MusicGenLM, MusicGenData
     # The expanded recipe parts are parsed before anything runs; the run folder gets the resolved config.yaml.
     with tempfile.TemporaryDirectory(prefix="mgft-recipe-") as scratch:
-        MgftCLI(
+        return MgftCLI(
             model_class,
             data_class,
             args=_expand_configs(args, Path(scratch)),

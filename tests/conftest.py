@@ -61,11 +61,10 @@ def synth_catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny MusicGen checkpoints (mono text and stereo melody) in transformers' format."""
-    from testkit.tiny_models import tiny_models
+    """Tiny MusicGen checkpoints (mono and stereo, text and melody) in transformers' format."""
+    from testkit.tiny_models import MUSICGEN_NAMES, tiny_models
 
-    return _built_once(tmp_path_factory, "lms",
-                       lambda out: tiny_models(str(out), only=["musicgen-small", "musicgen-stereo-melody"]))
+    return _built_once(tmp_path_factory, "lms", lambda out: tiny_models(str(out), only=list(MUSICGEN_NAMES)))
 
 
 def _prep(tmp_path_factory: pytest.TempPathFactory, catalog: Path, models: Path, name: str, **kw) -> Path:
@@ -80,6 +79,13 @@ def _prep(tmp_path_factory: pytest.TempPathFactory, catalog: Path, models: Path,
 def mono_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
     """2 s mono segments of the synthesized catalog, several shards (so ranks can own disjoint shards)."""
     return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "mono-shards", channels=1)
+
+
+@pytest.fixture(scope="session")
+def mono_melody_shards(tmp_path_factory, synth_catalog_dir: Path, tiny_models_dir: Path) -> Path:
+    """2 s mono segments with chroma (what a mono melody model trains on)."""
+    return _prep(tmp_path_factory, synth_catalog_dir, tiny_models_dir, "mono-melody-shards", channels=1, melody=True,
+                 demucs=str(tiny_models_dir / "htdemucs"))
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +118,8 @@ def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _built_once(tmp_path_factory, "clap", lambda out: tiny_models(str(out), only=[CLAP])) / CLAP
 
 
-RUN_FIRST = ("tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py", "tests/finetune/training/test_fsdp.py")
+RUN_FIRST = ("tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py", "tests/test_recipes.py",
+             "tests/finetune/training/test_fsdp.py")
 """The longest files, started first so that neither xdist worker is left with one of them at the end."""
 
 

@@ -107,6 +107,16 @@ class ShardedStrategy(ModelParallelStrategy):
         self._pending: tuple[Any, Path, Path] | None = None  # (future, tmp folder, final path) of an async save
         self._group: Any = None  # the gloo group checkpoints synchronize on
 
+    def setup_environment(self) -> None:
+        """Resolve `data_parallel_size: auto` to every rank over the tensor-parallel size, then set up the mesh.
+
+        Lightning's "auto" is the number of nodes (its tensor-parallel axis spans a node's GPUs), which with mgft's
+        `tensor_parallel_size: 1` made any run of more than one GPU per node fail: 1 x 1 ranks is not the world size.
+        """
+        if self._data_parallel_size == "auto" and isinstance(self._tensor_parallel_size, int):
+            self._data_parallel_size = self.num_nodes * self.num_processes // self._tensor_parallel_size
+        super().setup_environment()
+
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         """Write the DCP folder under a temporary name on every rank, then rename it into place (rank 0).
 
