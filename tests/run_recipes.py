@@ -4,9 +4,10 @@ process) runs every case of CASES.json in the same order, so the collectives of 
     python -m torch.distributed.run --nproc_per_node 2 -m tests.run_recipes CASES.json OUT.json
     python -m tests.run_recipes CASES.json OUT.json
 
-A case is `{"name", "args"}`: the arguments of `mgft fit|mbd-fit` (command first). Rank 0 writes, per case: whether it
-ran, its wall time, the error line if it failed, and the progress bar's last count and total. One process for many
-recipes: imports, the process group and the gloo rendezvous are paid once, not once per recipe.
+A case is `{"name", "args"}`: the arguments of `mgft fit|mbd-fit` (command first). Rank 0 writes, per case: whether
+it ran, its wall time, the step it ended at, the error line if it failed, and the progress bar's last count and total.
+One process for many runs: imports, the process group and the gloo rendezvous are paid once, not once per run.
+`tests/helpers.py::run_fits` launches it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ def main(cases_file: str, out_file: str) -> None:
         start = time.perf_counter()
         try:
             cli = run(case["args"])
-            bar = cli.trainer.progress_bar_callback
-            progress = [bar.train_progress_bar.n, bar.train_progress_bar.total] if bar is not None else None
+            bar = getattr(cli.trainer.progress_bar_callback, "_train_progress_bar", None)  # None: nothing trained
+            progress = [bar.n, bar.total] if bar is not None else None
             results[case["name"]] = {"ok": True, "seconds": round(time.perf_counter() - start, 1),
-                                     "progress": progress}
+                                     "progress": progress, "step": cli.trainer.global_step}
         except Exception as error:  # noqa: BLE001 (recorded for the test to report; the other cases still run)
             traceback.print_exc()
             results[case["name"]] = {"ok": False, "seconds": round(time.perf_counter() - start, 1),

@@ -11,11 +11,6 @@ paid once. The cost of each recipe is printed (`-s`) for the notes.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +19,7 @@ import torch
 import yaml
 
 from finetune.__main__ import main
+from tests.helpers import run_fits
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -78,28 +74,10 @@ def case(recipe: Path, config: dict[str, Any], out: Path, models: dict[str, Path
     return {"name": name, "args": args, "multi": multi}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cases(cases: list[dict], out: Path, ranks: int) -> dict[str, Any]:
-    if not cases:
-        return {}
-    cases_file, results_file = out / f"cases{ranks}.json", out / f"results{ranks}.json"
-    cases_file.write_text(json.dumps(cases))
-    # As a module from the repository root: run as a file, tests/ would come first on sys.path and its `finetune`
-    # test package would shadow the real one.
-    script = ["-m", "tests.run_recipes", str(cases_file), str(results_file)]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr",
-              "127.0.0.1", "--master_port", str(_free_port())] if ranks > 1 else [sys.executable]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*launch, *script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert results_file.exists(), done.stderr[-4000:]
-    results = json.loads(results_file.read_text())
+    results, stderr = run_fits(cases, out, ranks)
     failed = {k: v["error"] for k, v in results.items() if not v["ok"]}
-    assert not failed and done.returncode == 0, (failed, done.stderr[-4000:])
+    assert not failed, (failed, stderr[-4000:])
     return results
 
 

@@ -42,7 +42,7 @@ from finetune.lm.load import load_musicgen
 from finetune.lm.loss import codebook_nll_sums, masked_codebook_ce
 from finetune.lm.patterns import build_delayed_inputs, delayed_targets, delays_for
 from finetune.training.ema import EMA
-from finetune.training.fsdp import global_norm, is_dtensor
+from finetune.training.fsdp import global_norm, is_dtensor, reshard
 
 log = logging.getLogger(__name__)
 
@@ -417,12 +417,18 @@ class MusicGenLM(L.LightningModule):
         """Reset the NLL sums and swap the EMA weights in, so validation measures the EMA."""
         self._val_sums = None
         if self.ema is not None:
+            # Under FSDP2 a unit whose forward ran without a backward (the last layer, kept gathered for backward;
+            # a sample generation) still holds its gathered weights: they would be used instead of the swapped ones.
+            reshard(self.model)
             self._ema_ctx = self.ema.swapped()
             self._ema_ctx.__enter__()
 
     def on_validation_epoch_end(self) -> None:
         """Swap the training weights back and log CE and perplexity, overall and per codebook, summed over ranks."""
         if self.ema is not None:
+            # Validation's forward left FSDP2 units gathered with the EMA weights; the next training step would run
+            # on them (the interrupted and the uninterrupted run then part ways at the first step after validation).
+            reshard(self.model)
             self._ema_ctx.__exit__(None, None, None)
         if self._val_sums is None:
             return

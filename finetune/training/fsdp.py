@@ -62,6 +62,20 @@ def shard_musicgen(model: torch.nn.Module, mesh: Any, bf16: bool) -> None:
             fully_shard(projection, mesh=mesh, mp_policy=policy)
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free the gathered parameters of every FSDP2 unit in `model`: its next forward gathers the shards anew.
+
+    A unit stays gathered after a forward that no backward follows (the last decoder layer keeps its weights for the
+    backward it expects; validation and generation have none). Writes into the sharded parameters (the EMA swap)
+    are not seen by such a unit until it is resharded. A no-op without FSDP2.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def is_dtensor(value: Any) -> bool:
     """Whether `value` is a torch `DTensor` (a sharded parameter, gradient or state)."""
     from torch.distributed.tensor import DTensor

@@ -271,3 +271,42 @@ def one_shard_with_corrupt_samples(shards: Path, out: Path, at: int) -> list[str
         for sample in samples[:at] + bad + samples[at:]:
             tar.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"})
     return list(corrupt)
+
+
+class PreemptAt(L.Callback):
+    """A preemption warning delivered deterministically: calls `PreemptionCheckpoint`'s signal handler, as SIGUSR1
+    would, at a chosen point of optimizer step `step` on the chosen ranks (default all).
+
+    `where`: "batch_end" (after the step, once the preemption callback has looked: it acts at its next look),
+    "validation" (during the validation that follows the step) or "save" (while a checkpoint of the step is being
+    written). Timed signals land anywhere; this lands exactly where a test wants.
+    """
+
+    def __init__(self, step: int, where: str = "batch_end", ranks: list[int] | None = None) -> None:
+        if where not in ("batch_end", "validation", "save"):
+            raise ValueError(f"where must be batch_end, validation or save, got {where!r}")
+        self.step, self.where, self.ranks = step, where, ranks
+        self.fired = False
+
+    def _fire(self, trainer: L.Trainer, where: str) -> None:
+        import signal
+
+        from finetune.training.preemption import PreemptionCheckpoint
+
+        if self.fired or where != self.where or trainer.global_step != self.step:
+            return
+        if self.ranks is not None and trainer.global_rank not in self.ranks:
+            return
+        self.fired = True
+        for callback in trainer.callbacks:
+            if isinstance(callback, PreemptionCheckpoint):
+                callback._handler(signal.SIGUSR1, None)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._fire(trainer, "batch_end")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._fire(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
+        self._fire(trainer, "save")

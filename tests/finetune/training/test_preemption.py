@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune.__main__ import main
-from tests.finetune.test_fit import SMALL, fit_args
+from tests.finetune.test_fit import ROOT, SMALL, fit_args
 
 
 def test_usr1_mid_accumulation_checkpoints_at_the_next_optimizer_step_and_stops(tmp_path: Path, tiny_lm_dir: Path,
@@ -73,3 +73,44 @@ def test_a_signal_mid_epoch_then_resume_reaches_the_uninterrupted_weights_bit_fo
         torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=0, msg=key)
     for key, value in reference["mgft"]["ema"]["shadow"].items():
         torch.testing.assert_close(got["mgft"]["ema"]["shadow"][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["single", "fsdp2"])
+def test_a_preemption_around_the_interval_save_and_during_validation_resumes_exactly(
+        strategy: str, tmp_path: Path, tiny_lm_dir: Path, mono_shards: Path) -> None:
+    """The flag set (as SIGUSR1's handler sets it) after the step before, of and after the interval save (every 10
+    steps), and during the validation that follows step 10; each run resumed with `--ckpt_path last` ends on the
+    uninterrupted run's weights and EMA, bit for bit. FSDP2 (2 gloo ranks) agrees on the flag one step late.
+    The longer sweep over every step of a 17-step run is `bench/preemption_sweep.py`."""
+    from finetune.checkpoints.safe_load import safe_torch_load
+    from tests.helpers import run_fits
+
+    recipe = "recipes/tiny/small-fsdp.yaml" if strategy == "fsdp2" else SMALL
+    common = ["--config", str(ROOT / recipe), "--model.pretrained", str(tiny_lm_dir / "musicgen-small"),
+              "--data.shards", str(mono_shards), "--data.val_shards", str(mono_shards), "--trainer.logger", "false",
+              "--trainer.max_steps", "12", "--model.dropout", "0.1"]
+    late = 1 if strategy == "fsdp2" else 0  # the ranks' agreement costs a step
+    triggers = {"before": (8 - late, "batch_end"), "of": (9 - late, "batch_end"), "after": (10 - late, "batch_end"),
+                "validation": (10, "validation")}
+    cases = [{"name": "reference", "args": ["fit", *common, "--trainer.default_root_dir", str(tmp_path / "ref")]}]
+    for name, (step, where) in triggers.items():
+        root = str(tmp_path / name)
+        cases += [{"name": name, "args": ["fit", *common, "--trainer.default_root_dir", root,
+                                          "--trainer.callbacks+=tests.finetune.helpers.PreemptAt",
+                                          "--trainer.callbacks.step", str(step), "--trainer.callbacks.where", where]},
+                  {"name": f"{name}-resumed", "args": ["fit", *common, "--trainer.default_root_dir", root,
+                                                       "--ckpt_path", "last"]}]
+    results, stderr = run_fits(cases, tmp_path, 2 if strategy == "fsdp2" else 1)
+    assert all(r["ok"] for r in results.values()), ({k: r.get("error") for k, r in results.items()}, stderr[-3000:])
+    stopped = {name: results[name]["step"] for name in triggers}
+    assert stopped == {"before": 9, "of": 10, "after": 11, "validation": 11 + late}, stopped
+    reference = safe_torch_load(tmp_path / "ref" / "checkpoints" / "last.ckpt")
+    for name in triggers:
+        got = safe_torch_load(tmp_path / name / "checkpoints" / "last.ckpt")
+        assert got["global_step"] == reference["global_step"] == 12, name
+        for group, key in (("state_dict", None), ("mgft", "ema")):
+            ours = got[group] if key is None else got[group][key]["shadow"]
+            theirs = reference[group] if key is None else reference[group][key]["shadow"]
+            differing = [k for k, v in theirs.items() if not torch.equal(ours[k], v)]
+            assert not differing, (name, group, len(differing), differing[:3])
