@@ -118,8 +118,9 @@ def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _built_once(tmp_path_factory, "clap", lambda out: tiny_models(str(out), only=[CLAP])) / CLAP
 
 
-RUN_FIRST = ("tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py", "tests/test_recipes.py",
-             "tests/finetune/training/test_fsdp.py")
+RUN_FIRST = ("tests/test_recipes.py", "tests/slurm/test_sbatch.py", "tests/finetune/test_learning.py",
+             "tests/finetune/training/test_fsdp.py", "tests/finetune/training/test_preemption.py",
+             "tests/bench/test_gpu_sh.py")
 """The longest files, started first so that neither xdist worker is left with one of them at the end."""
 
 

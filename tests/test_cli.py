@@ -147,6 +147,7 @@ def test_audiocraft_base_reaches_the_model_loader(command: str, tmp_path: Path,
 
     monkeypatch.setattr(load, "load_for_inference", loader)
     export, base = tmp_path / "state_dict.bin", tmp_path / "base"
+    export.touch()  # the commands check that it exists before loading it
     args = {"generate": ["--prompt", "x", "--duration", "1", "--out", str(tmp_path / "out")],
             "eval": ["--data.shards", str(tmp_path), "--out", str(tmp_path / "report")]}[command]
     with pytest.raises(Loaded):

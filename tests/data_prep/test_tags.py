@@ -303,6 +303,7 @@ def test_outputs_from_before_clap_resume_and_refuse_a_new_phrase(tmp_path: Path)
                             shard_max_samples=10, shard_max_mb=1.0, auto_tags=True)
     old = {k: v for k, v in asdict(settings).items() if k not in ("clap", "clap_labels", "instance_prompt")}
     (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    (tmp_path / "shard-r0000-000000.tar").touch()  # something was prepped under the old settings
     check_settings(tmp_path, settings)
     with pytest.raises(ValueError, match="instance_prompt: None -> 'sks'"):
         check_settings(tmp_path, replace(settings, instance_prompt="sks"))
