@@ -1,6 +1,7 @@
 """Preempt a tiny run at every step boundary (and during validation and checkpoint writes), resume it, and compare.
 
     python bench/preemption_sweep.py [--steps 17] [--strategy single|fsdp2|both] [--async-save] [--no-validation]
+                                     [--rank R]
 
 For each trigger, a run of `recipes/tiny/small-fsdp.yaml` (FSDP2 over 2 gloo ranks) or `small-full.yaml` (one
 process) is preempted by `tests.finetune.helpers.PreemptAt` (the SIGUSR1 handler called at a chosen point: no timed
@@ -37,7 +38,7 @@ def differing(a: dict, b: dict) -> int:
 
 
 def sweep(strategy: str, steps: int, models: Path, shards: Path, work: Path, async_save: bool,
-          validation: bool) -> None:
+          validation: bool, rank: int | None) -> None:
     recipe = "recipes/tiny/small-fsdp.yaml" if strategy == "fsdp2" else "recipes/tiny/small-full.yaml"
     common = ["--config", str(ROOT / recipe), "--model.pretrained", str(models / "musicgen-small"), "--data.shards",
               str(shards), "--trainer.logger", "false", "--trainer.max_steps", str(steps), "--model.dropout", "0.1"]
@@ -51,13 +52,15 @@ def sweep(strategy: str, steps: int, models: Path, shards: Path, work: Path, asy
         root = str(work / f"{where}-{step}")
         cases.append({"name": f"{where}-{step}", "args": [
             "fit", *common, "--trainer.default_root_dir", root, "--trainer.callbacks+=tests.finetune.helpers.PreemptAt",
-            "--trainer.callbacks.step", str(step), "--trainer.callbacks.where", where]})
+            "--trainer.callbacks.step", str(step), "--trainer.callbacks.where", where,
+            *(["--trainer.callbacks.ranks", f"[{rank}]"] if rank is not None else [])]})
         cases.append({"name": f"{where}-{step}-resumed", "args": ["fit", *common, "--trainer.default_root_dir", root,
                                                                   "--ckpt_path", "last"]})
     results, _ = run_fits(cases, work, 2 if strategy == "fsdp2" else 1, timeout=3000)
     reference = state_of(work / "reference")
     print(f"{strategy}{' (async save)' if async_save else ''}: {steps}-step run, interval checkpoint, "
-          f"{'validation and ' if validation else ''}samples every 10 steps")
+          f"{'validation and ' if validation else ''}samples every 10 steps; preempted on "
+          f"{'every rank' if rank is None else f'rank {rank} only'}")
     for step, where in triggers:
         name = f"{where}-{step}"
         if not (results.get(name, {}).get("ok") and results.get(f"{name}-resumed", {}).get("ok")):
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["single", "fsdp2", "both"], default="both")
     parser.add_argument("--async-save", action="store_true", help="FSDP2 writes checkpoints asynchronously")
     parser.add_argument("--no-validation", action="store_true", help="no val shards (as recipes/tiny/small-fsdp.yaml)")
+    parser.add_argument("--rank", type=int, default=None, help="preempt this rank only (the others learn it from it)")
     args = parser.parse_args()
     from data_prep.prep import prep
     from testkit.synth import synth_catalog
@@ -90,7 +94,7 @@ def main() -> None:
         for strategy in (["single", "fsdp2"] if args.strategy == "both" else [args.strategy]):
             (work / strategy).mkdir()
             sweep(strategy, args.steps, work / "models", work / "shards", work / strategy, args.async_save,
-                  not args.no_validation)
+                  not args.no_validation, args.rank)
 
 
 if __name__ == "__main__":

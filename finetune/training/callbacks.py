@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from data_prep.schema import SAMPLE_RATE
 from finetune.evaluation.plots import chroma_png, spectrogram_png
+from finetune.training.fsdp import reshard
 
 
 class SampleGenerator(L.Callback):
@@ -113,6 +114,7 @@ class SampleGenerator(L.Callback):
                 audio = decode_codes(pl_module.model.audio_encoder, codes)
         finally:
             pl_module.train(was_training)
+            reshard(pl_module.model)  # FSDP2 units a forward without backward left gathered: free them
         return codes.cpu().numpy().astype(np.int16), audio.float().cpu().numpy()
 
     def generate_and_log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
