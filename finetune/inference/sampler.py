@@ -14,6 +14,7 @@ windowed continuation (`MusicGen._generate_tokens`): each new window is prompted
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,10 @@ class Sampler:
         self.two_step_cfg = two_step_cfg
         self.device = next(model.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # transformers renamed the decoder's `past_key_values` argument `cache` after 5.18; an unknown keyword would
+        # be swallowed by **kwargs and every step would run without its cache.
+        params = inspect.signature(type(model.decoder).forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @torch.no_grad()
     def conditions(self, captions: list[str], chroma: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +201,7 @@ class Sampler:
     def _logits(self, x: torch.Tensor, condition: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         """Last-step logits `[N, K, card]` of the delayed columns `x` `[N, K, n]`, and the updated KV cache."""
         n = x.shape[0]
-        kwargs: dict[str, Any] = {"cache": cache, "use_cache": True}
+        kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
         if not self.is_melody or cache is None:  # the melody prefix goes in once, before the first frame
             kwargs["encoder_hidden_states"] = condition
         out = self.model.decoder(input_ids=x.reshape(n * self.k, -1), **kwargs)
