@@ -35,6 +35,8 @@ from finetune.evaluation.catalog import (
 )
 
 CATALOG_PNG = "catalog.png"
+PEFT_PREFIX = "base_model.model."
+"""What `PeftModel` puts before a module's path in the adapter files it writes and reads."""
 """The tag distribution picture written beside the model card."""
 CARD_TOP = 8
 """Values of each tag the model card's table lists."""
@@ -267,8 +269,13 @@ def export(
         from safetensors.torch import save_file
 
         root.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(module.model.decoder)
-        save_file({k: v.contiguous() for k, v in state.items()}, root / "adapter_model.safetensors")
+        # Keys as `PeftModel.save_pretrained` writes them for the whole MusicGen ("base_model.model.decoder.model.
+        # decoder.layers.0..."), which `PeftModel.from_pretrained(MusicgenForConditionalGeneration...)` looks up;
+        # relative to the decoder they matched no module, and peft left the adapter as initialized (lora_B = 0): the
+        # fine-tune silently not applied.
+        state = get_peft_model_state_dict(module.model.decoder)  # the adapters were injected there
+        save_file({f"{PEFT_PREFIX}decoder.{k}": v.contiguous() for k, v in state.items()},
+                  root / "adapter_model.safetensors")
         LoraConfig(r=hp["lora_rank"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
                    target_modules=hp.get("lora_targets") or list(LORA_TARGETS),
                    base_model_name_or_path=hp["pretrained"]).save_pretrained(root)

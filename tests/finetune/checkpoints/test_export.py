@@ -122,25 +122,35 @@ def test_model_card_of_a_mix_and_of_shards_without_manifest(tmp_path: Path) -> N
     assert "- 2 tracks, 1.00 hours" in card and not (run / "catalog.png").exists()
 
 
-def test_adapter_only_export_restores_the_merged_model(finetuned: Path, tmp_path: Path) -> None:
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import MusicgenMelodyForConditionalGeneration
+def test_adapter_only_export_loads_with_peft_and_gives_the_merged_logits(finetuned: Path, tmp_path: Path) -> None:
+    """The adapter folder as a peft user loads it: `PeftModel.from_pretrained` over the base model, no key missing,
+    the same logits as the merged export (and not the base model's: the fine-tune is applied)."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
 
     main(["export", str(finetuned), "--out", str(tmp_path / "adapter"), "--adapter-only"])
     main(["export", str(finetuned), "--out", str(tmp_path / "hf"), "--format", "hf"])
-    config = LoraConfig.from_pretrained(tmp_path / "adapter")
-    base = MusicgenMelodyForConditionalGeneration.from_pretrained(config.base_model_name_or_path).eval()
-    inject_adapter_in_model(config, base.decoder)
-    set_peft_model_state_dict(base.decoder, load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
-    merged = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
-    from transformers import AutoTokenizer
-
+    base_path = PeftConfig.from_pretrained(tmp_path / "adapter").base_model_name_or_path
+    base = MusicgenMelodyForConditionalGeneration.from_pretrained(base_path).eval()
     inputs = _inputs(AutoTokenizer.from_pretrained(tmp_path / "hf"))
     ids = torch.randint(0, 2048, (8, 5))
     with torch.no_grad():
-        torch.testing.assert_close(base(**inputs, decoder_input_ids=ids).logits,
-                                   merged(**inputs, decoder_input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        base_logits = base(**inputs, decoder_input_ids=ids).logits
+    adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    loaded = get_peft_model_state_dict(adapted)
+    assert saved and set(saved) == set(loaded)  # every saved tensor found its module
+    for key, value in saved.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+    merged = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = merged(**inputs, decoder_input_ids=ids).logits
+        ours = adapted(**inputs, decoder_input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours, base_logits, atol=1e-3)  # the adapter changes the model
 
 
 def test_an_export_never_lands_on_another_unless_overwrite_replaces_it(finetuned: Path, tmp_path: Path) -> None:
