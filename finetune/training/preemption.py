@@ -102,7 +102,8 @@ class PreemptionCheckpoint(L.Callback):
             stop_signals: Signals that checkpoint and stop without a requeue (default SIGINT and SIGTERM).
         """
         self.signum = signal.Signals[signal_name]
-        self.stop_signums = [signal.Signals[name] for name in (stop_signals or ["SIGINT", "SIGTERM"])]
+        names = ["SIGINT", "SIGTERM"] if stop_signals is None else stop_signals  # [] keeps Python's own handling
+        self.stop_signums = [signal.Signals[name] for name in names]
         self.requeue = requeue
         self.max_restarts = max_restarts
         self.requested = 0.0  # PREEMPT or STOP once a signal came
